@@ -1,0 +1,86 @@
+"""Wait for a deployment's containers to be healthy, failing fast when one cannot be.
+
+State is read with ``docker container inspect`` (one command for all containers).
+A container that exits, restarts or that Docker marks unhealthy fails the wait at once;
+otherwise the wait lasts at most ``health_tries x health_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .errors import HealthError
+from .inventory import Deployment
+from .output import Reporter
+from .probe import STATE_FORMAT, ContainerState, container_states
+from .target import Target, line
+
+
+def poll_line(containers: list[str]) -> str:
+    return line(["docker", "container", "inspect", "--format", STATE_FORMAT, *containers])
+
+
+def wait(target: Target, deployment: Deployment, out: Reporter | None = None) -> dict[str, ContainerState]:
+    settings = deployment.app.deploy
+    containers = [s.container for s in deployment.services]
+    deadline = time.monotonic() + settings.health_tries * settings.health_timeout
+    while True:
+        states = container_states(target, containers)
+        problem = failure(states, deployment)
+        if problem:
+            raise HealthError(problem + diagnostics(target, states, containers),
+                              "read the container's logs above; fix and redeploy")
+        if all(states[c].healthy for c in containers):
+            return states
+        if time.monotonic() >= deadline:
+            waiting = ", ".join(f"{c} {states[c].health}" for c in containers if not states[c].healthy)
+            raise HealthError(
+                f"not healthy after {settings.health_tries} x {settings.health_timeout} s: {waiting}"
+                + diagnostics(target, states, containers),
+                f"if it starts slowly, raise health.start_period or apps.{deployment.app_name}"
+                ".deploy.health_timeout in hosts.toml",
+            )
+        time.sleep(settings.health_poll)
+        target.stats.waited_seconds += settings.health_poll
+
+
+def check_now(states: dict[str, ContainerState], deployment: Deployment) -> None:
+    """Raise unless every container is healthy right now."""
+    problem = failure(states, deployment)
+    unhealthy = [c for c in (s.container for s in deployment.services)
+                 if c in states and not states[c].healthy]
+    if problem or unhealthy:
+        raise HealthError(problem or f"not healthy: {', '.join(unhealthy)}",
+                          f"fab health {deployment.app_name} {deployment.env}")
+
+
+def failure(states: dict[str, ContainerState], deployment: Deployment) -> str | None:
+    """Why the wait cannot succeed, or None while it still may."""
+    for service in deployment.services:
+        state = states.get(service.container)
+        if state is None:
+            return f"container {service.container} does not exist"
+        if state.status in ("exited", "dead"):
+            return f"container {service.container} {state.status} with code {state.exit_code}"
+        if state.status == "restarting" or state.restarts > 0:
+            return f"container {service.container} is restarting ({state.restarts} restarts)"
+        if state.health == "unhealthy":
+            return f"container {service.container} is unhealthy"
+    return None
+
+
+def diagnostics(target: Target, states: dict[str, ContainerState], containers: list[str]) -> str:
+    """The last health probe output and log lines of each container that is not healthy."""
+    parts = []
+    for name in containers:
+        state = states.get(name)
+        if state is None or state.healthy:
+            continue
+        probe = target.run(line(["docker", "container", "inspect", "--format",
+                                 "{{if .State.Health}}{{range .State.Health.Log}}{{.ExitCode}}: {{.Output}}\n{{end}}{{end}}",
+                                 name]), check=False)
+        logs = target.run(line(["docker", "logs", "--tail", "15", name]) + " 2>&1", check=False)
+        text = [f"\n--- {name}: last health probes ---", *probe.stdout.strip().splitlines()[-3:],
+                f"--- {name}: last log lines ---", *logs.stdout.strip().splitlines()[-15:]]
+        parts.append("\n".join("    " + t if not t.startswith("\n") else t for t in text))
+    return "".join(parts)

@@ -1,0 +1,188 @@
+"""Read everything a deploy needs to know about the host in one round trip.
+
+The probe is one shell script made of labelled sections. Each section is a command
+built from argument lists; its output and exit status come back under its label.
+Nothing here changes the host, and no section prints a secret: container state is
+read with explicit ``--format`` fields, never ``{{json .}}`` (that holds the env).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from .inventory import Deployment
+from .target import Target, line
+
+MARK = "@@opsfab"
+STATE_FORMAT = (
+    "{{.Name}}|{{.Id}}|{{.Image}}|{{.State.Status}}|"
+    "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}|"
+    "{{.RestartCount}}|{{.State.ExitCode}}|{{.State.StartedAt}}"
+)
+SECRET_KEYS = r"s/^[[:space:]]*\(export[[:space:]]\{1,\}\)\{0,1\}\([A-Za-z_][A-Za-z0-9_]*\)=.*/\2/p"
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    name: str
+    id: str
+    image: str
+    status: str
+    health: str
+    restarts: int
+    exit_code: int
+    started_at: str
+
+    @property
+    def healthy(self) -> bool:
+        return self.status == "running" and self.health in ("healthy", "none")
+
+
+@dataclass
+class Facts:
+    docker_version: str | None = None
+    docker_error: str = ""
+    compose_version: str | None = None
+    compose_error: str = ""
+    docker_root: str = ""
+    free_mb: int | None = None
+    shared_network: bool = False
+    env_file_present: bool = False
+    secret_keys: list[str] = field(default_factory=list)
+    lock_holder: str | None = None
+    repo_head: str | None = None
+    images: dict[str, str | None] = field(default_factory=dict)
+    rollback_images: dict[str, str | None] = field(default_factory=dict)
+    containers: dict[str, ContainerState] = field(default_factory=dict)
+    volumes: set[str] = field(default_factory=set)
+    file_hashes: dict[str, str] = field(default_factory=dict)
+    proxy_running: bool = False
+
+
+def sections(deployment: Deployment, files: list[str]) -> list[tuple[str, str]]:
+    """(label, shell line) for every fact the deploy reads."""
+    d = deployment
+    host = d.host
+    items = [
+        ("docker", line(["docker", "version", "--format", "{{.Server.Version}}"])),
+        ("compose", line([*host.compose, "version", "--short"])),
+        (
+            "disk",
+            'root=$(docker info --format "{{.DockerRootDir}}" 2>/dev/null) || root=/; '
+            'echo "$root"; df -Pk "$root"',
+        ),
+        ("network", line(["docker", "network", "inspect", "--format", "{{.Name}}", host.shared_network])),
+        ("lock", line(["cat", str(d.lock_dir / "holder")])),
+        ("repo", line(["git", "-C", str(d.repo_dir), "rev-parse", "--verify", "HEAD"])),
+        ("proxy", line(["docker", "container", "inspect", "--format", "{{.State.Running}}", host.proxy_container])),
+    ]
+    if any(s.env_file for s in d.services):
+        items.append(("secrets", line(["sed", "-n", SECRET_KEYS, str(d.env_file)])))
+    for service in d.built_services:
+        items.append((f"image {service.image}", _image_id(service.image)))
+        items.append((f"rollback {service.image}", _image_id(service.rollback_image)))
+    for service in d.services:
+        items.append((f"container {service.container}", line(
+            ["docker", "container", "inspect", "--format", STATE_FORMAT, service.container]
+        )))
+    for volume in d.backup_volumes:
+        items.append((f"volume {volume}", line(["docker", "volume", "inspect", "--format", "{{.Name}}", volume])))
+    if files:
+        items.append(("hashes", line(["sha256sum", "--", *files])))
+    return items
+
+
+def _image_id(image: str) -> str:
+    return line(["docker", "image", "inspect", "--format", "{{.Id}}", image])
+
+
+def script(items: list[tuple[str, str]]) -> str:
+    parts = []
+    for label, command in items:
+        parts.append(f"echo {shlex.quote(MARK + ' ' + label)}; {{ {command}; }} 2>&1; echo \"{MARK}-rc $?\"")
+    return "\n".join(parts)
+
+
+def parse(output: str) -> dict[str, tuple[int, str]]:
+    """{label: (exit status, output)} from the script's output."""
+    results: dict[str, tuple[int, str]] = {}
+    label, lines = None, []
+    for text in output.splitlines():
+        if text.startswith(MARK + "-rc "):
+            if label is not None:
+                results[label] = (int(text.split()[-1]), "\n".join(lines).strip())
+            label, lines = None, []
+        elif text.startswith(MARK + " "):
+            label, lines = text[len(MARK) + 1:], []
+        else:
+            lines.append(text)
+    return results
+
+
+def gather(target: Target, deployment: Deployment, files: list[str]) -> Facts:
+    """One round trip: every fact of ``sections`` parsed into ``Facts``."""
+    result = target.run(script(sections(deployment, files)), check=False)
+    return interpret(parse(result.stdout), deployment)
+
+
+def interpret(raw: dict[str, tuple[int, str]], deployment: Deployment) -> Facts:
+    facts = Facts()
+
+    def ok(label: str) -> str | None:
+        rc, out = raw.get(label, (1, ""))
+        return out if rc == 0 else None
+
+    facts.docker_version = ok("docker") or None
+    facts.docker_error = raw.get("docker", (1, ""))[1]
+    facts.compose_version = ok("compose") or None
+    facts.compose_error = raw.get("compose", (1, ""))[1]
+    disk = ok("disk")
+    if disk:
+        rows = disk.splitlines()
+        facts.docker_root = rows[0]
+        fields = rows[-1].split()
+        if len(fields) >= 4 and fields[3].isdigit():
+            facts.free_mb = int(fields[3]) // 1024
+    facts.shared_network = ok("network") is not None
+    facts.lock_holder = ok("lock")
+    head = ok("repo")
+    facts.repo_head = head if head and re.fullmatch(r"[0-9a-f]{40,64}", head) else None
+    facts.proxy_running = (ok("proxy") or "") == "true"
+    keys = raw.get("secrets")
+    if keys is not None:
+        facts.env_file_present = keys[0] == 0
+        facts.secret_keys = sorted(set(keys[1].split())) if keys[0] == 0 else []
+    for service in deployment.built_services:
+        facts.images[service.image] = ok(f"image {service.image}")
+        facts.rollback_images[service.image] = ok(f"rollback {service.image}")
+    for service in deployment.services:
+        state = ok(f"container {service.container}")
+        if state:
+            facts.containers[service.container] = parse_state(state)
+    facts.volumes = {v for v in deployment.backup_volumes if ok(f"volume {v}")}
+    for row in (ok("hashes") or raw.get("hashes", (1, ""))[1]).splitlines():
+        parts = row.split(None, 1)
+        if len(parts) == 2 and re.fullmatch(r"[0-9a-f]{64}", parts[0]):
+            facts.file_hashes[parts[1]] = parts[0]
+    return facts
+
+
+def parse_state(text: str) -> ContainerState:
+    name, cid, image, status, health, restarts, code, started = text.strip().split("|")
+    return ContainerState(
+        name.lstrip("/"), cid, image, status, health, int(restarts), int(code), started
+    )
+
+
+def container_states(target: Target, containers: list[str]) -> dict[str, ContainerState]:
+    """State of the named containers that exist, in one command."""
+    command = line(["docker", "container", "inspect", "--format", STATE_FORMAT, *containers])
+    result = target.run(command + " 2>/dev/null", check=False)
+    states = {}
+    for row in result.stdout.splitlines():
+        if row.count("|") == 7:
+            state = parse_state(row)
+            states[state.name] = state
+    return states
