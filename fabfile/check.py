@@ -33,11 +33,13 @@ CRON = re.compile(rf"^{CRON_FIELD}( {CRON_FIELD}){{4}}$")
 # `set $upstream_x http://name:port;`, `proxy_pass http://name:port;` and
 # `server name:port;` inside an upstream block: the host part names a container.
 UPSTREAM = re.compile(
-    r"^\s*(?:set\s+\$\w+\s+|proxy_pass\s+|server\s+)(?:https?://)?"
+    r"(?:^|[{;])\s*(?:set\s+\$\w+\s+|proxy_pass\s+|server\s+)(?:https?://)?"
     r"(?P<host>[A-Za-z0-9_.-]+)(?::(?P<port>\d+))?[^;]*;",
     re.M,
 )
-LITERAL_PROXY = re.compile(r"^\s*proxy_pass\s+https?://(?P<host>[A-Za-z0-9_.-]+)", re.M)
+LITERAL_PROXY = re.compile(
+    r"(?:^|[{;])\s*proxy_pass\s+https?://(?P<host>[A-Za-z0-9_.-]+)", re.M
+)
 NOT_CONTAINERS = {"127.0.0.1", "localhost", "unix"}
 
 
@@ -54,8 +56,10 @@ class Report:
         return not self.problems
 
     def lines(self) -> list[str]:
-        out = [f"{self.path}: {key}: {message}" if key else f"{self.path}: {message}"
-               for key, message in self.problems]
+        out = [
+            f"{self.path}: {key}: {message}" if key else f"{self.path}: {message}"
+            for key, message in self.problems
+        ]
         return out + self.memory
 
 
@@ -68,7 +72,9 @@ def run(path: str | Path | None = None, tree: Path | None = None) -> Report:
     report = Report(inventory.path, validate(inventory) + lint(inventory))
     report.memory = memory_budget(inventory)
     if tree is not None:
-        report.problems += lint_nginx_tree(_conf_files(tree), known_containers(inventory))
+        report.problems += lint_nginx_tree(
+            _conf_files(tree), known_containers(inventory)
+        )
     elif not report.problems:
         report.problems += lint_rendered_nginx(inventory)
     return report
@@ -88,30 +94,59 @@ def structural_problems(inventory: Inventory) -> list[Problem]:
             for env in app.envs:
                 container = expand(svc.container, env)
                 if not CONTAINER_NAME.match(container):
-                    problems.append((f"{key}.container", f"{container!r} is not a Docker container"
-                                     " name; use letters, digits, '-', '_' and '.'"))
+                    problems.append(
+                        (
+                            f"{key}.container",
+                            f"{container!r} is not a Docker container"
+                            " name; use letters, digits, '-', '_' and '.'",
+                        )
+                    )
             for dep in svc.depends_on:
                 if dep not in app.services:
-                    problems.append((f"{key}.depends_on", f"no service {dep!r} in {where};"
-                                     f" use one of {sorted(app.services)}"))
+                    problems.append(
+                        (
+                            f"{key}.depends_on",
+                            f"no service {dep!r} in {where};"
+                            f" use one of {sorted(app.services)}",
+                        )
+                    )
             for env, locations in svc.rate_limit.items():
                 if env not in app.envs:
-                    problems.append((f"{key}.rate_limit.{env}", f"no environment {env!r};"
-                                     f" use one of {sorted(app.envs)}"))
+                    problems.append(
+                        (
+                            f"{key}.rate_limit.{env}",
+                            f"no environment {env!r}; use one of {sorted(app.envs)}",
+                        )
+                    )
                 for path, zone in locations.items():
                     if not re.match(r"^/[A-Za-z0-9._~/-]*$", path):
-                        problems.append((f"{key}.rate_limit.{env}", f"location {path!r} must be"
-                                         " a path starting with '/', e.g. \"/api/\""))
+                        problems.append(
+                            (
+                                f"{key}.rate_limit.{env}",
+                                f"location {path!r} must be"
+                                " a path starting with '/', e.g. \"/api/\"",
+                            )
+                        )
                     if zone not in zones:
-                        problems.append((f"{key}.rate_limit.{env}", f"zone {zone!r} is not defined;"
-                                         f" add [infra.nginx.rate_limits.{zone}] rate = \"10r/s\""))
+                        problems.append(
+                            (
+                                f"{key}.rate_limit.{env}",
+                                f"zone {zone!r} is not defined;"
+                                f' add [infra.nginx.rate_limits.{zone}] rate = "10r/s"',
+                            )
+                        )
             problems += _secret_file_problems(f"{key}.secrets", svc.secrets)
             if svc.maxmemory is not None:
                 problems += _maxmemory_problems(key, svc, app.envs)
         for db in app.backup.databases:
             if db not in app.services:
-                problems.append((f"{where}.backup.databases", f"no service {db!r} in {where};"
-                                 f" use one of {sorted(app.services)}"))
+                problems.append(
+                    (
+                        f"{where}.backup.databases",
+                        f"no service {db!r} in {where};"
+                        f" use one of {sorted(app.services)}",
+                    )
+                )
         for name, template in app.files.items():
             problems += _extra_file_problems(f"{where}.files", name, template)
     if inventory.infra is not None:
@@ -120,31 +155,56 @@ def structural_problems(inventory: Inventory) -> list[Problem]:
 
 
 def _secret_file_problems(key: str, secrets: dict[str, str]) -> list[Problem]:
-    return [(key, f"secret file {file!r} must be a file name in the secrets folder,"
-                  " e.g. \"pg_{env}_password.txt\"")
-            for file in secrets.values()
-            if "/" in file or file.startswith(".") or not file]
+    return [
+        (
+            key,
+            f"secret file {file!r} must be a file name in the secrets folder,"
+            ' e.g. "pg_{env}_password.txt"',
+        )
+        for file in secrets.values()
+        if "/" in file or file.startswith(".") or not file
+    ]
 
 
 def _maxmemory_problems(key: str, svc, envs) -> list[Problem]:
     problems = []
     if not svc.command:
-        problems.append((f"{key}.maxmemory", "maxmemory is appended to the command; add"
-                         " command = [\"redis-server\", ...]"))
+        problems.append(
+            (
+                f"{key}.maxmemory",
+                "maxmemory is appended to the command; add"
+                ' command = ["redis-server", ...]',
+            )
+        )
     for env in envs:
         value = _per_env(svc.maxmemory, env)
         if value is None:
-            problems.append((f"{key}.maxmemory", f"no value for environment {env!r}; add {env} = \"50mb\""))
+            problems.append(
+                (
+                    f"{key}.maxmemory",
+                    f'no value for environment {env!r}; add {env} = "50mb"',
+                )
+            )
             continue
         match = re.fullmatch(r"(\d+)(mb|gb)", str(value).lower())
         if not match:
-            problems.append((f"{key}.maxmemory", f"{value!r} is not a Redis size; write e.g. \"100mb\""))
+            problems.append(
+                (
+                    f"{key}.maxmemory",
+                    f'{value!r} is not a Redis size; write e.g. "100mb"',
+                )
+            )
             continue
         mb = int(match.group(1)) * (1024 if match.group(2) == "gb" else 1)
         limit = memory_mb(_per_env(svc.memory, env))
         if mb >= limit:
-            problems.append((f"{key}.maxmemory", f"{value} ({env}) leaves no room under the container's"
-                             f" {limit} MB limit; keep maxmemory below it (about 80 %)"))
+            problems.append(
+                (
+                    f"{key}.maxmemory",
+                    f"{value} ({env}) leaves no room under the container's"
+                    f" {limit} MB limit; keep maxmemory below it (about 80 %)",
+                )
+            )
     return problems
 
 
@@ -153,9 +213,16 @@ def _extra_file_problems(key: str, name: str, template: str) -> list[Problem]:
 
     problems = []
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
-        problems.append((key, f"{name!r} must be a plain file name, e.g. \"nginx-admin.conf\""))
+        problems.append(
+            (key, f'{name!r} must be a plain file name, e.g. "nginx-admin.conf"')
+        )
     if ".." in template.split("/") or not (TEMPLATES / template).is_file():
-        problems.append((f"{key}.{name}", f"no template templates/{template}; create it or fix the path"))
+        problems.append(
+            (
+                f"{key}.{name}",
+                f"no template templates/{template}; create it or fix the path",
+            )
+        )
     return problems
 
 
@@ -169,48 +236,96 @@ def _infra_problems(inventory: Inventory) -> list[Problem]:
     zones = set(infra.nginx.rate_limits)
     for env, zone in infra.nginx.limit_envs.items():
         if zone not in zones:
-            problems.append((f"infra.nginx.limit_envs.{env}", f"zone {zone!r} is not defined;"
-                             f" add [infra.nginx.rate_limits.{zone}] rate = \"10r/s\""))
+            problems.append(
+                (
+                    f"infra.nginx.limit_envs.{env}",
+                    f"zone {zone!r} is not defined;"
+                    f' add [infra.nginx.rate_limits.{zone}] rate = "10r/s"',
+                )
+            )
     for text in infra.nginx.reserved_ports:
         if not text.isdigit() or not 1 <= int(text) <= 65535:
-            problems.append(("infra.nginx.reserved_ports", f"{text!r} is not a port number"))
+            problems.append(
+                ("infra.nginx.reserved_ports", f"{text!r} is not a port number")
+            )
     for name in ("daily", "weekly"):
         if not CRON.match(getattr(infra.backup, name)):
-            problems.append((f"infra.backup.{name}", "write a cron schedule of five fields,"
-                             " e.g. \"0 3 * * *\""))
-    proxies = [n for n, s in infra.services.items() if s.container_name(n) == host.proxy_container]
+            problems.append(
+                (
+                    f"infra.backup.{name}",
+                    'write a cron schedule of five fields, e.g. "0 3 * * *"',
+                )
+            )
+    proxies = [
+        n
+        for n, s in infra.services.items()
+        if s.container_name(n) == host.proxy_container
+    ]
     if infra.services and len(proxies) != 1:
-        problems.append(("infra.services", f"no service runs the proxy {host.proxy_container!r}"
-                         f" (hosts.{infra.host}.proxy_container); add [infra.services.nginx]"))
-    app_containers = {s.container for d in inventory.deployments() if d.host_name == infra.host
-                      for s in d.services}
+        problems.append(
+            (
+                "infra.services",
+                f"no service runs the proxy {host.proxy_container!r}"
+                f" (hosts.{infra.host}.proxy_container); add [infra.services.nginx]",
+            )
+        )
+    app_containers = {
+        s.container
+        for d in inventory.deployments()
+        if d.host_name == infra.host
+        for s in d.services
+    }
     seen: dict[str, str] = {}
     for name, svc in infra.services.items():
         key = f"infra.services.{name}"
         container = svc.container_name(name)
         if not CONTAINER_NAME.match(container):
-            problems.append((f"{key}.container", f"{container!r} is not a Docker container name"))
+            problems.append(
+                (f"{key}.container", f"{container!r} is not a Docker container name")
+            )
         if container in app_containers or container in seen:
             other = seen.get(container, "an app service")
-            problems.append((f"{key}.container", f"container name {container!r} is also used by"
-                             f" {other}; make it unique"))
+            problems.append(
+                (
+                    f"{key}.container",
+                    f"container name {container!r} is also used by"
+                    f" {other}; make it unique",
+                )
+            )
         seen[container] = key
         if svc.publish is not None and svc.port is None:
-            problems.append((f"{key}.port", "a published service needs its container port; add port = 3000"))
+            problems.append(
+                (
+                    f"{key}.port",
+                    "a published service needs its container port; add port = 3000",
+                )
+            )
         if svc.publish is not None and host.shared_network not in svc.networks:
-            problems.append((f"{key}.networks", f"nginx reaches {container} only over"
-                             f" {host.shared_network!r}; add it to networks"))
+            problems.append(
+                (
+                    f"{key}.networks",
+                    f"nginx reaches {container} only over"
+                    f" {host.shared_network!r}; add it to networks",
+                )
+            )
         if svc.health and (svc.health.http is None) == (svc.health.cmd is None):
-            problems.append((f"{key}.health", "give exactly one of http = \"/health\" or cmd = [...]"))
+            problems.append(
+                (f"{key}.health", 'give exactly one of http = "/health" or cmd = [...]')
+            )
         if svc.health and svc.health.http and svc.port is None and name not in proxies:
-            problems.append((f"{key}.port", "an http health check needs the container port; add port"))
+            problems.append(
+                (
+                    f"{key}.port",
+                    "an http health check needs the container port; add port",
+                )
+            )
         problems += _secret_file_problems(f"{key}.secrets", svc.secrets)
     problems += _port_problems(inventory)
     return problems
 
 
 def _port_problems(inventory: Inventory) -> list[Problem]:
-    """Host ports of the infrastructure against each other and the apps' (app-app: validate)."""
+    """Infrastructure host ports against each other and the apps' (apps: validate)."""
     from .ports import port_map
 
     problems = []
@@ -218,8 +333,13 @@ def _port_problems(inventory: Inventory) -> list[Problem]:
     for entry in port_map(inventory):
         other = owners.get((entry.host, entry.port))
         if other is not None and not entry.kind == other.kind == "app":
-            problems.append((entry.key, f"port {entry.port} is already used by {other.key}"
-                             f" ({other.label}); pick a free port (fab ports)"))
+            problems.append(
+                (
+                    entry.key,
+                    f"port {entry.port} is already used by {other.key}"
+                    f" ({other.label}); pick a free port (fab ports)",
+                )
+            )
         owners.setdefault((entry.host, entry.port), entry)
     return problems
 
@@ -236,27 +356,48 @@ def lint(inventory: Inventory) -> list[Problem]:
 
 def _health_problems(inventory: Inventory) -> list[Problem]:
     problems = []
-    checks = [(f"apps.{a}.services.{n}", s.health, app.deploy)
-              for a, app in inventory.apps.items() for n, s in app.services.items()]
+    checks = [
+        (f"apps.{a}.services.{n}", s.health, app.deploy)
+        for a, app in inventory.apps.items()
+        for n, s in app.services.items()
+    ]
     if inventory.infra is not None:
-        checks += [(f"infra.services.{n}", s.health, inventory.infra.deploy)
-                   for n, s in inventory.infra.services.items()]
+        checks += [
+            (f"infra.services.{n}", s.health, inventory.infra.deploy)
+            for n, s in inventory.infra.services.items()
+        ]
     for key, health, settings in checks:
         if health is None:
-            problems.append((f"{key}.health", "no health check: a deploy cannot tell it works;"
-                             " add health = { http = \"/health\" } or { cmd = [...] }"))
+            problems.append(
+                (
+                    f"{key}.health",
+                    "no health check: a deploy cannot tell it works;"
+                    ' add health = { http = "/health" } or { cmd = [...] }',
+                )
+            )
             continue
         decided = health.start_period + health.retries * health.interval
         window = settings.health_tries * settings.health_timeout
         if decided > window:
-            problems.append((f"{key}.health", f"Docker decides only after start_period +"
-                             f" retries x interval = {health.start_period} + {health.retries} x"
-                             f" {health.interval} = {decided} s, but the deploy waits"
-                             f" {settings.health_tries} x {settings.health_timeout} = {window} s;"
-                             " shorten the interval or start_period, or raise deploy.health_timeout"))
+            problems.append(
+                (
+                    f"{key}.health",
+                    f"Docker decides only after start_period +"
+                    f" retries x interval = {health.start_period} + {health.retries} x"
+                    f" {health.interval} = {decided} s, but the deploy waits"
+                    f" {settings.health_tries} x {settings.health_timeout} = {window}"
+                    " s; shorten the interval or start_period, or raise"
+                    " deploy.health_timeout",
+                )
+            )
         if health.timeout > health.interval:
-            problems.append((f"{key}.health.timeout", f"a probe may take {health.timeout} s but runs"
-                             f" every {health.interval} s; make timeout at most the interval"))
+            problems.append(
+                (
+                    f"{key}.health.timeout",
+                    f"a probe may take {health.timeout} s but runs"
+                    f" every {health.interval} s; make timeout at most the interval",
+                )
+            )
     return problems
 
 
@@ -264,7 +405,11 @@ def _isolation_problems(inventory: Inventory) -> list[Problem]:
     """prod and dev of one app must not share a network, volume or secret."""
     problems = []
     for app_name, app in inventory.apps.items():
-        shared_net = inventory.hosts[app.host].shared_network if app.host in inventory.hosts else ""
+        shared_net = (
+            inventory.hosts[app.host].shared_network
+            if app.host in inventory.hosts
+            else ""
+        )
         envs = sorted(app.envs)
         for svc_name, svc in app.services.items():
             key = f"apps.{app_name}.services.{svc_name}"
@@ -277,9 +422,14 @@ def _isolation_problems(inventory: Inventory) -> list[Problem]:
                 for value in values:
                     resolved = {expand(value, env) for env in envs}
                     if len(envs) > 1 and len(resolved) == 1:
-                        problems.append((f"{key}.{field_name}", f"{', '.join(envs)} share the {label}"
-                                         f" {value!r}; put {{env}} in its name, e.g."
-                                         f" \"{_with_env(value)}\""))
+                        problems.append(
+                            (
+                                f"{key}.{field_name}",
+                                f"{', '.join(envs)} share the {label}"
+                                f" {value!r}; put {{env}} in its name, e.g."
+                                f' "{_with_env(value)}"',
+                            )
+                        )
     return problems
 
 
@@ -288,29 +438,44 @@ def _host_port_problems(inventory: Inventory) -> list[Problem]:
     if infra is None or infra.host not in inventory.hosts:
         return []
     proxy = inventory.hosts[infra.host].proxy_container
-    return [(f"infra.services.{n}.ports", f"{s.container_name(n)} publishes host ports {s.ports};"
-             f" only the proxy {proxy} may: remove ports and set publish = <port> so nginx"
-             " forwards it")
-            for n, s in infra.services.items() if s.ports and s.container_name(n) != proxy]
+    return [
+        (
+            f"infra.services.{n}.ports",
+            f"{s.container_name(n)} publishes host ports {s.ports};"
+            f" only the proxy {proxy} may: remove ports and set publish = <port>"
+            " so nginx forwards it",
+        )
+        for n, s in infra.services.items()
+        if s.ports and s.container_name(n) != proxy
+    ]
 
 
 def memory_budget(inventory: Inventory) -> list[str]:
     """One line per host: the sum of the memory limits and the host's memory."""
     out = []
     for host_name, host in inventory.hosts.items():
-        apps = sum(s.memory_mb for d in inventory.deployments() if d.host_name == host_name
-                   for s in d.services)
+        apps = sum(
+            s.memory_mb
+            for d in inventory.deployments()
+            if d.host_name == host_name
+            for s in d.services
+        )
         infra = inventory.infra
-        extra = (sum(memory_mb(s.memory) for s in infra.services.values())
-                 if infra is not None and infra.host == host_name else 0)
+        extra = (
+            sum(memory_mb(s.memory) for s in infra.services.values())
+            if infra is not None and infra.host == host_name
+            else 0
+        )
         total, have = apps + extra, memory_mb(host.memory)
         verdict = "fits" if total <= have else "EXCEEDS the host"
-        out.append(f"memory on {host_name}: limits add up to {total} MB (apps {apps} MB,"
-                   f" infrastructure {extra} MB) of the host's {have} MB: {verdict}")
+        out.append(
+            f"memory on {host_name}: limits add up to {total} MB (apps {apps} MB,"
+            f" infrastructure {extra} MB) of the host's {have} MB: {verdict}"
+        )
     return out
 
 
-# -- nginx upstreams --------------------------------------------------------------------
+# -- nginx upstreams -------------------------------------------------------------------
 
 
 def known_containers(inventory: Inventory) -> set[str]:
@@ -327,8 +492,11 @@ def lint_rendered_nginx(inventory: Inventory) -> list[Problem]:
         files = render_all(inventory)
     except OpsfabError as exc:
         return [("templates", exc.message)]
-    confs = {str(f.path): f.content.decode() for f in files
-             if "/conf.d/" in str(f.path) and str(f.path).endswith(".conf")}
+    confs = {
+        str(f.path): f.content.decode()
+        for f in files
+        if "/conf.d/" in str(f.path) and str(f.path).endswith(".conf")
+    }
     return lint_nginx_tree(confs, known_containers(inventory))
 
 
@@ -343,13 +511,24 @@ def lint_nginx_tree(confs: dict[str, str], containers: set[str]) -> list[Problem
             number = text.count("\n", 0, match.start("host")) + 1
             close = _closest(host, containers)
             hint = f"did you mean {close!r}? " if close else ""
-            problems.append((f"{path}:{number}", f"upstream {host!r} is not a container name in the"
-                             f" inventory; {hint}nginx answers 502 for it (fab ports lists them)"))
+            problems.append(
+                (
+                    f"{path}:{number}",
+                    f"upstream {host!r} is not a container name in the"
+                    f" inventory; {hint}nginx answers 502 for it (fab ports lists"
+                    " them)",
+                )
+            )
         for match in LITERAL_PROXY.finditer(text):
             number = text.count("\n", 0, match.start("host")) + 1
-            problems.append((f"{path}:{number}", f"proxy_pass names {match.group('host')!r} directly:"
-                             " nginx refuses to start while that container is down; set a"
-                             " variable and use a resolver (see templates/infra/nginx/conf.d)"))
+            problems.append(
+                (
+                    f"{path}:{number}",
+                    f"proxy_pass names {match.group('host')!r} directly:"
+                    " nginx refuses to start while that container is down; set a"
+                    " variable and use a resolver (see templates/infra/nginx/conf.d)",
+                )
+            )
     return problems
 
 
@@ -357,7 +536,10 @@ def _conf_files(tree: Path) -> dict[str, str]:
     folder = tree / "infra" / "nginx" / "conf.d"
     if not folder.is_dir():
         folder = tree
-    return {str(p): p.read_text(encoding="utf-8", errors="replace") for p in sorted(folder.glob("*.conf"))}
+    return {
+        str(p): p.read_text(encoding="utf-8", errors="replace")
+        for p in sorted(folder.glob("*.conf"))
+    }
 
 
 def _closest(name: str, candidates: set[str]) -> str | None:

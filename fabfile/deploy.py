@@ -218,6 +218,8 @@ class Deploy:
                 self._timed(11, total, "cleanup", lambda: self._run_plan(self.steps[10]))
             elif failed_step in ROLLBACK_STEPS:
                 result = self._rollback(total)
+            elif failed_step in ("remember", "backup"):
+                result = self._restore_configs(total)
             else:
                 result = "failed"
         finally:
@@ -282,6 +284,23 @@ class Deploy:
                            if s.container in states)
         self.restored = f"commit {_short(self.facts.repo_head)} is running again ({images}), healthy"
         self.out.step(number, total, "rollback", "ok", seconds, self.restored)
+        return "rolled-back"
+
+    def _restore_configs(self, total: int) -> str:
+        """A failure after the configs were pushed but before the source changed:
+        the app still runs its old version, so only the configs go back."""
+        started = time.perf_counter()
+        try:
+            self.target.run(configs.restore_line(self.file_paths))
+            reload = nginx_reload_actions(self)
+            if reload[0].enabled and self.target.run(reload[0].line, check=False).ok:
+                self.target.run(reload[1].line)
+        except OpsfabError as exc:
+            self.restored = f"could not put the previous configs back: {exc.message.splitlines()[0]}"
+            self.out.step(10, total, "rollback", "FAILED", time.perf_counter() - started, self.restored)
+            return "failed"
+        self.restored = "the previous configs are back; the running containers were not touched"
+        self.out.step(10, total, "rollback", "ok", time.perf_counter() - started, self.restored)
         return "rolled-back"
 
     def _finish(self, total: int, result: str, failed_step: str | None,

@@ -12,12 +12,12 @@ import time
 from .errors import HealthError
 from .inventory import Deployment
 from .output import Reporter
-from .probe import STATE_FORMAT, ContainerState, container_states
+from .probe import ContainerState, container_states, state_line
 from .target import Target, line
 
 
 def poll_line(containers: list[str]) -> str:
-    return line(["docker", "container", "inspect", "--format", STATE_FORMAT, *containers])
+    return state_line(containers)
 
 
 def wait(target: Target, deployment: Deployment, out: Reporter | None = None) -> dict[str, ContainerState]:

@@ -176,10 +176,14 @@ def parse_state(text: str) -> ContainerState:
     )
 
 
+def state_line(containers: list[str]) -> str:
+    """Read the state of containers; missing ones are simply absent from the output."""
+    return line(["docker", "container", "inspect", "--format", STATE_FORMAT, *containers]) + " 2>/dev/null"
+
+
 def container_states(target: Target, containers: list[str]) -> dict[str, ContainerState]:
     """State of the named containers that exist, in one command."""
-    command = line(["docker", "container", "inspect", "--format", STATE_FORMAT, *containers])
-    result = target.run(command + " 2>/dev/null", check=False)
+    result = target.run(state_line(containers), check=False)
     states = {}
     for row in result.stdout.splitlines():
         if row.count("|") == 7:

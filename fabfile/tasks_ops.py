@@ -15,13 +15,20 @@ from invoke.exceptions import Exit
 from . import operate
 from . import status as status_mod
 from .backup import describe
+from .errors import UsageError
 from .tasks import reported
 
 
-@task(help={"json": "print the rows as JSON (one object per host)"})
+@task(help={"app": "only this app", "env": "only this environment of --app",
+            "json": "print the rows as JSON (one object per host)"})
 @reported
 def status(c, app=None, env=None, json=False):
-    """One table per host: state, health, uptime, memory, commit; one round trip each."""
+    """One table per host: state, health, uptime, memory, commit; one round trip each.
+
+    Invoke has no optional positional arguments, so the filter is --app and --env.
+    """
+    if env is not None and app is None:
+        raise UsageError("--env needs --app", "fab status --app APP --env ENV")
     hosts = operate.status(app, env)
     if json:
         print(_json.dumps({h: status_mod.as_json(rows) for h, rows in hosts.items()},

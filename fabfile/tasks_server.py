@@ -25,7 +25,11 @@ from .tasks import reported
 from .tree import render_infra
 
 
-@task(help={"tree": "also lint the conf.d files of this folder (a rendered or copied ops tree)"})
+@task(
+    help={
+        "tree": "also lint the conf.d files of this folder (a rendered or copied tree)"
+    }
+)
 def check(c, tree=None):
     """Lint the inventory offline: one line per problem with its key and fix."""
     report = check_mod.run(None, Path(tree) if tree else None)
@@ -58,7 +62,7 @@ def diff(c, app, env):
 @task(name="deploy", help={"dry-run": "print the commands of each step; touch nothing"})
 @reported
 def infra_deploy(c, dry_run=False):
-    """Push the infrastructure's configs, reload nginx after nginx -t, start both stacks."""
+    """Push the infrastructure's configs, reload nginx after nginx -t, start it all."""
     inventory = inventory_mod.load()
     infra, host = require_infra(inventory)
     if dry_run:

@@ -212,3 +212,46 @@ def test_manual_rollback_and_history(qp: DeployEnv):
 
     health = qp.fab("health", qp.app, "prod")
     assert health.returncode == 0 and "healthy" in health.stdout
+
+
+def test_old_compose_on_the_host_is_refused_naming_the_version(qp: DeployEnv, tmp_path: Path):
+    fake = tmp_path / "old-compose"
+    fake.write_text("#!/bin/sh\necho 1.29.2\n")
+    fake.chmod(0o755)
+    write_inventory(qp.inventory, app=qp.app, sshd=qp.sshd, ops_root=qp.ops_root,
+                    origin=qp.origin, compose=[str(fake)])
+    result = qp.fab("deploy", qp.app, "prod")
+    assert result.returncode == 4, result.stderr
+    assert "version 1.29.2" in result.stderr and "Compose 2.0 or newer" in result.stderr
+    assert "nothing was changed" in result.stderr
+    assert not (qp.ops_root / "apps").exists() and not (qp.ops_root / "locks").exists()
+
+
+def test_low_disk_is_refused_before_anything_changes(qp: DeployEnv):
+    write_inventory(qp.inventory, app=qp.app, sshd=qp.sshd, ops_root=qp.ops_root,
+                    origin=qp.origin, min_free_mb=10**9)
+    result = qp.fab("deploy", qp.app, "prod")
+    assert result.returncode == 4
+    assert "MB free under" in result.stderr and "1000000000 MB" in result.stderr
+    assert not (qp.ops_root / "apps").exists()
+
+
+def test_missing_secrets_file_is_refused(qp: DeployEnv):
+    (qp.ops_root / "secrets" / qp.app / "prod.env").unlink()
+    result = qp.fab("deploy", qp.app, "prod")
+    assert result.returncode == 4
+    assert "prod.env is missing" in result.stderr and "fab secrets.push" in result.stderr
+
+
+def test_host_user_and_key_text_come_from_the_environment(qp: DeployEnv, tmp_path: Path):
+    """The CD pipeline's way: TESTHOST_HOST/_USER/_SSH_KEY (CVM_* for host cvm)."""
+    write_inventory(qp.inventory, app=qp.app, sshd=qp.sshd, ops_root=qp.ops_root,
+                    origin=qp.origin)
+    text = qp.inventory.read_text().replace(f'address = "{qp.sshd.host}"', 'address = "127.0.0.2"')
+    text = text.replace(f'key = "{qp.sshd.client_key}"', 'key = "/nonexistent/key"')
+    qp.inventory.write_text(text)
+    env = {"TESTHOST_HOST": qp.sshd.host, "TESTHOST_USER": qp.sshd.user,
+           "TESTHOST_SSH_KEY": qp.sshd.client_key.read_text()}
+    result = qp.fab("health", qp.app, "prod", env=env)
+    assert "does not exist" in result.stderr, result.stderr  # connected and asked docker
+    assert "BEGIN" not in result.stdout + result.stderr

@@ -267,3 +267,12 @@ def test_preflight_refusal_changes_nothing(inv):
     with pytest.raises(PreflightError, match="1.29.2"):
         run.execute()
     assert len(host.stats.log) == 1 and host.uploads == []
+
+
+def test_failure_before_the_source_changes_puts_only_the_configs_back(inv):
+    host, run, error = run_with(inv, [(r"update-ref refs/opsfab/rollback HEAD", 1, "disk full")])
+    assert isinstance(error, DeployFailed) and "failed at remember" in error.message
+    assert "previous configs are back" in error.message
+    assert ran(host, r"docker-compose.yml.prev .*docker-compose.yml.restore")
+    assert not ran(host, "reset --hard") and not ran(host, "build") and not ran(host, "up -d")
+    assert run.last_record["result"] == "rolled-back" and ran(host, r"rm -rf -- /opt/ops/locks")

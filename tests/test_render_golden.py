@@ -1,4 +1,4 @@
-"""The complete ops tree rendered from hosts.toml: golden files, compose and nginx checks.
+"""The whole ops tree rendered from hosts.toml: golden files, compose and nginx checks.
 
 Golden files live in tests/golden/, laid out as /opt/ops. After an intended change of a
 template or of hosts.toml, regenerate them and review the diff:
@@ -37,7 +37,9 @@ def rendered(tmp_path_factory) -> Path:
 
 
 def _tree(folder: Path) -> dict[str, Path]:
-    return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def test_the_tree_holds_every_file_of_the_reference(rendered: Path):
@@ -45,24 +47,35 @@ def test_the_tree_holds_every_file_of_the_reference(rendered: Path):
     for app in ("fluent-skills", "quickpulse", "jiejiawater"):
         for env in ("prod", "dev"):
             assert f"apps/{app}/{env}/docker-compose.yml" in files
-    assert {"apps/jiejiawater/prod/nginx-admin.conf", "apps/jiejiawater/dev/nginx-admin.conf",
-            "infra/docker-compose.yml", "infra/nginx/nginx.conf",
-            "infra/nginx/conf.d/00-status.conf", "infra/nginx/conf.d/10-fluent-skills.conf",
-            "infra/nginx/conf.d/20-quickpulse.conf", "infra/nginx/conf.d/30-jiejiawater.conf",
-            "monitoring/docker-compose.yml", "monitoring/prometheus/prometheus.yml",
-            "monitoring/prometheus/alert-rules.yml",
-            "monitoring/grafana/provisioning/datasources/datasources.yml",
-            "monitoring/loki/loki.yml", "monitoring/promtail/promtail.yml",
-            "monitoring/alertmanager/alertmanager.yml", "backups/scripts/backup.sh",
-            "backups/scripts/opsfab.cron"} <= files
+    assert {
+        "apps/jiejiawater/prod/nginx-admin.conf",
+        "apps/jiejiawater/dev/nginx-admin.conf",
+        "infra/docker-compose.yml",
+        "infra/nginx/nginx.conf",
+        "infra/nginx/conf.d/00-status.conf",
+        "infra/nginx/conf.d/10-fluent-skills.conf",
+        "infra/nginx/conf.d/20-quickpulse.conf",
+        "infra/nginx/conf.d/30-jiejiawater.conf",
+        "monitoring/docker-compose.yml",
+        "monitoring/prometheus/prometheus.yml",
+        "monitoring/prometheus/alert-rules.yml",
+        "monitoring/grafana/provisioning/datasources/datasources.yml",
+        "monitoring/loki/loki.yml",
+        "monitoring/promtail/promtail.yml",
+        "monitoring/alertmanager/alertmanager.yml",
+        "backups/scripts/backup.sh",
+        "backups/scripts/opsfab.cron",
+    } <= files
 
 
-@pytest.mark.parametrize("name", sorted(_tree(GOLDEN)) if GOLDEN.is_dir() else ["(no golden files)"])
+@pytest.mark.parametrize(
+    "name", sorted(_tree(GOLDEN)) if GOLDEN.is_dir() else ["(no golden files)"]
+)
 def test_rendered_file_matches_golden(rendered: Path, name: str):
     produced = rendered / name
     assert produced.is_file(), f"{name} is golden but no longer rendered"
     assert produced.read_bytes() == (GOLDEN / name).read_bytes(), (
-        f"{name} differs from tests/golden/{name}; if intended, regenerate (see module doc)"
+        f"{name} differs from tests/golden/{name}; if intended, regenerate (module doc)"
     )
 
 
@@ -73,12 +86,17 @@ def test_no_file_is_rendered_without_a_golden_copy(rendered: Path):
 def test_rendering_is_deterministic(tmp_path: Path):
     inventory = inventory_mod.load(INVENTORY)
     first = [(f.path, f.content, f.mode) for f in render_all(inventory)]
-    again = [(f.path, f.content, f.mode) for f in render_all(inventory_mod.load(INVENTORY))]
+    again = [
+        (f.path, f.content, f.mode) for f in render_all(inventory_mod.load(INVENTORY))
+    ]
     assert first == again
 
 
 def test_scripts_are_executable_and_pass_sh_n(rendered: Path):
-    for name in ("backups/scripts/backup.sh", "monitoring/scripts/container-metrics.sh"):
+    for name in (
+        "backups/scripts/backup.sh",
+        "monitoring/scripts/container-metrics.sh",
+    ):
         script = rendered / name
         assert os.access(script, os.X_OK)
         subprocess.run(["sh", "-n", str(script)], check=True)
@@ -104,7 +122,7 @@ def test_inventory_facts_reach_the_files(rendered: Path):
     assert "limit_req zone=api" in jw_conf
 
 
-# -- real tools: docker compose config and nginx -t --------------------------------------
+# -- real tools: docker compose config and nginx -t ------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +133,9 @@ def rendered_for_tools(tmp_path_factory) -> Path:
     matter here, so they are empty.
     """
     folder = tmp_path_factory.mktemp("ops")
-    text = INVENTORY.read_text().replace('ops_root = "/opt/ops"', f'ops_root = "{folder}"')
+    text = INVENTORY.read_text().replace(
+        'ops_root = "/opt/ops"', f'ops_root = "{folder}"'
+    )
     path = folder / "hosts.toml"
     path.write_text(text)
     inventory = inventory_mod.load(path)
@@ -143,9 +163,18 @@ def test_every_compose_file_passes_docker_compose_config(rendered_for_tools: Pat
     assert len(files) == 8
     for file in files:
         result = subprocess.run(
-            ["docker", "compose", "--project-directory", str(file.parent), "-f", str(file),
-             "config", "-q"],
-            capture_output=True, text=True,
+            [
+                "docker",
+                "compose",
+                "--project-directory",
+                str(file.parent),
+                "-f",
+                str(file),
+                "config",
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
         )
         assert result.returncode == 0, f"{file}: {result.stderr}"
 
@@ -156,16 +185,30 @@ def test_the_nginx_tree_passes_a_real_nginx_t(rendered_for_tools: Path):
     if not Path(nginx).exists():
         pytest.fail("nginx missing: bash .ci/run installs nginx-light")
     conf = rendered_for_tools / "infra" / "nginx" / "nginx.conf"
-    result = subprocess.run([nginx, "-t", "-e", "stderr", "-p", str(conf.parent) + "/", "-c", str(conf)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [nginx, "-t", "-e", "stderr", "-p", str(conf.parent) + "/", "-c", str(conf)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
 
 
 def test_fab_render_all_writes_the_tree(tmp_path: Path):
     result = subprocess.run(
-        [sys.executable, "-m", "fabric", "render", "--all", "--out", str(tmp_path / "out")],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OPSFAB_INVENTORY": str(INVENTORY)},
+        [
+            sys.executable,
+            "-m",
+            "fabric",
+            "render",
+            "--all",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OPSFAB_INVENTORY": str(INVENTORY)},
     )
     assert result.returncode == 0, result.stderr
     assert _tree(tmp_path / "out").keys() == _tree(GOLDEN).keys()
