@@ -42,7 +42,9 @@ def main() -> None:
         ops = root / "ops"
         ops.mkdir()
         origin = OriginRepo(root / "origin")
-        path = write_inventory(root / "hosts.toml", app=app, sshd=sshd, ops_root=ops, origin=origin)
+        path = write_inventory(
+            root / "hosts.toml", app=app, sshd=sshd, ops_root=ops, origin=origin
+        )
         write_secrets(ops, app, args.env)
         inv = inventory_mod.load(path)
         d = inv.deployment(app, args.env)
@@ -52,22 +54,37 @@ def main() -> None:
         finally:
             remove_docker_resources(prefixes=[app], labels=[f"org.opsfab.deployment={d.name}"])
     print(f"redeploy of {d.name} with nothing changed, {args.runs} runs (median; min-max)")
-    labels = {"wall": "wall time", "remote": "waiting on remote commands and uploads",
-              "health wait": "sleeping between health polls",
-              "overhead": "opsfab's own overhead (the rest)"}
+    labels = {
+        "wall": "wall time",
+        "remote": "waiting on remote commands and uploads",
+        "health wait": "sleeping between health polls",
+        "overhead": "opsfab's own overhead (the rest)",
+    }
     for key, label in labels.items():
         values = [r[key] for r in rows]
-        print(f"  {statistics.median(values):7.3f} s  ({min(values):.3f}-{max(values):.3f})  {label}")
+        print(
+            f"  {statistics.median(values):7.3f} s  ({min(values):.3f}-{max(values):.3f})  {label}"
+        )
     last = rows[-1]
     rtt = statistics.median(r["rtt"] for r in rows)
     transport = rtt * last["commands"]
-    print(f"  {rtt * 1000:7.1f} ms a round trip of `true` over the same connection; x "
-          f"{last['commands']} commands = {transport:.3f} s of transport")
-    print(f"  => opsfab's overhead outside the remote docker and git work: "
-          f"{statistics.median(r['overhead'] for r in rows) + transport:.3f} s")
-    print(f"  per deploy: {last['connections']} SSH connection(s), {last['commands']} remote commands"
-          f" ({last['health_polls']} of them health polls), {last['uploads']} upload(s)")
-    print("  step times of the last run: " + ", ".join(f"{k} {v:.2f}" for k, v in last["steps"].items()))
+    print(
+        f"  {rtt * 1000:7.1f} ms a round trip of `true` over the same connection; x "
+        f"{last['commands']} commands = {transport:.3f} s of transport"
+    )
+    print(
+        f"  => opsfab's overhead outside the remote docker and git work: "
+        f"{statistics.median(r['overhead'] for r in rows) + transport:.3f} s"
+    )
+    print(
+        f"  per deploy: {last['connections']} SSH connection(s), "
+        f"{last['commands']} remote commands"
+        f" ({last['health_polls']} of them health polls), {last['uploads']} upload(s)"
+    )
+    print(
+        "  step times of the last run: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in last["steps"].items())
+    )
 
 
 def once(inv, d, app, env) -> dict:
@@ -77,7 +94,9 @@ def once(inv, d, app, env) -> dict:
         wall = time.perf_counter() - started
         stats = copy.deepcopy(target.stats)
         rtt = _round_trip(target)
-    polls = sum(1 for c in stats.log if c.startswith("docker container inspect --format '{{.Name}}"))
+    polls = sum(
+        1 for c in stats.log if c.startswith("docker container inspect --format '{{.Name}}")
+    )
     return {
         "wall": wall,
         "remote": stats.remote_seconds,

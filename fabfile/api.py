@@ -33,8 +33,15 @@ def target_for(inventory: Inventory, host_name: str) -> Target:
     return connect(host_name, inventory.host(host_name), inventory.path.parent)
 
 
-def deploy(app: str, env: str, *, ref: str | None = None, dry_run: bool = False,
-           inventory: Inventory | None = None, reporter: Reporter | None = None) -> Outcome:
+def deploy(
+    app: str,
+    env: str,
+    *,
+    ref: str | None = None,
+    dry_run: bool = False,
+    inventory: Inventory | None = None,
+    reporter: Reporter | None = None,
+) -> Outcome:
     inv = inventory or load()
     d = inv.deployment(app, env)
     options = Options(ref=ref, dry_run=dry_run)
@@ -44,15 +51,18 @@ def deploy(app: str, env: str, *, ref: str | None = None, dry_run: bool = False,
         return run_deploy(inv, app, env, target, options, reporter)
 
 
-def rollback(app: str, env: str, *, inventory: Inventory | None = None,
-             reporter: Reporter | None = None) -> dict:
+def rollback(
+    app: str, env: str, *, inventory: Inventory | None = None, reporter: Reporter | None = None
+) -> dict:
     inv = inventory or load()
     d = inv.deployment(app, env)
     with target_for(inv, d.host_name) as target:
         return run_rollback(inv, app, env, target, reporter)
 
 
-def health(app: str, env: str, *, inventory: Inventory | None = None) -> dict[str, probe.ContainerState]:
+def health(
+    app: str, env: str, *, inventory: Inventory | None = None
+) -> dict[str, probe.ContainerState]:
     """The state of every container of APP ENV now; raises HealthError if one is not healthy."""
     inv = inventory or load()
     d = inv.deployment(app, env)
@@ -62,7 +72,9 @@ def health(app: str, env: str, *, inventory: Inventory | None = None) -> dict[st
     return states
 
 
-def history(app: str, env: str, *, limit: int = 20, inventory: Inventory | None = None) -> list[dict]:
+def history(
+    app: str, env: str, *, limit: int = 20, inventory: Inventory | None = None
+) -> list[dict]:
     """Deploy log records of APP ENV, newest first."""
     inv = inventory or load()
     d = inv.deployment(app, env)

@@ -41,7 +41,10 @@ def stage_paths(ops_root: PurePosixPath, token: str) -> tuple[str, str]:
 
 def prepare_line(ops_root: PurePosixPath) -> str:
     """Make the private staging folder (mode 700) before the upload."""
-    return line(["mkdir", "-p", "-m", "700", str(ops_root / STAGE)], ["chmod", "700", str(ops_root / STAGE)])
+    return line(
+        ["mkdir", "-p", "-m", "700", str(ops_root / STAGE)],
+        ["chmod", "700", str(ops_root / STAGE)],
+    )
 
 
 def install_line(files: list[RenderedFile], tar_path: str, stage: str) -> str:
@@ -68,7 +71,9 @@ def restore_line(paths: list[str]) -> str:
     for path in paths:
         q, qp = shlex.quote(path), shlex.quote(path + ".prev")
         qt = shlex.quote(path + ".restore")
-        parts.append(f"{{ if [ -e {qp} ]; then cp -p {qp} {qt} && mv -f {qt} {q}; else rm -f {q}; fi; }}")
+        parts.append(
+            f"{{ if [ -e {qp} ]; then cp -p {qp} {qt} && mv -f {qt} {q}; else rm -f {q}; fi; }}"
+        )
     return " && ".join(parts)
 
 
@@ -77,5 +82,7 @@ def swap_line(paths: list[str]) -> str:
     parts = []
     for path in paths:
         q, qp, qt = shlex.quote(path), shlex.quote(path + ".prev"), shlex.quote(path + ".swap")
-        parts.append(f"{{ if [ -e {qp} ]; then mv -f {q} {qt} && mv -f {qp} {q} && mv -f {qt} {qp}; fi; }}")
+        parts.append(
+            f"{{ if [ -e {qp} ]; then mv -f {q} {qt} && mv -f {qp} {q} && mv -f {qt} {qp}; fi; }}"
+        )
     return " && ".join(parts)

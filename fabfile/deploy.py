@@ -10,26 +10,20 @@ triggers the rollback; a failure before them changes nothing that needs undoing.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import os
 import re
 import secrets
+import shlex
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from . import backup, configs, health, probe
-from .errors import (
-    DeployFailed,
-    HealthError,
-    LockHeld,
-    OpsfabError,
-    PreflightError,
-    RemoteCommandError,
-    UsageError,
-)
+from .errors import DeployFailed, LockHeld, OpsfabError, PreflightError, UsageError
 from .inventory import Deployment, Inventory
 from .output import Reporter
 from .render import RenderedFile, render_deployment
@@ -179,8 +173,10 @@ class Deploy:
 
     def dry_run(self) -> Outcome:
         d = self.d
-        self.out.say(f"dry run: deploy {d.app_name} {d.env} to {d.host_name} "
-                     f"({d.host.user}@{d.host.address}); nothing is sent to the host")
+        self.out.say(
+            f"dry run: deploy {d.app_name} {d.env} to {d.host_name} "
+            f"({d.host.user}@{d.host.address}); nothing is sent to the host"
+        )
         total = len(self.steps)
         for number, step in enumerate(self.steps, 1):
             actions = step.plan(self)
@@ -194,8 +190,10 @@ class Deploy:
     def execute(self) -> Outcome:
         assert self.target is not None
         d, total = self.d, len(self.steps)
-        self.out.say(f"deploy {d.app_name} {d.env} to {d.host_name} "
-                     f"({d.host.user}@{d.host.address}), id {self.id}")
+        self.out.say(
+            f"deploy {d.app_name} {d.env} to {d.host_name} "
+            f"({d.host.user}@{d.host.address}), id {self.id}"
+        )
         result, failed_step, error, locked = "interrupted", None, None, False
         try:
             for number, step in enumerate(self.steps[:9], 1):
@@ -248,7 +246,9 @@ class Deploy:
         self.execute_actions(enabled)
         return ("ok", "") if enabled else ("skipped", "nothing to do")
 
-    def _timed(self, number: int, total: int, name: str, func: Callable[[], tuple[str, str]]) -> None:
+    def _timed(
+        self, number: int, total: int, name: str, func: Callable[[], tuple[str, str]]
+    ) -> None:
         started = time.perf_counter()
         try:
             outcome, detail = func()
@@ -280,9 +280,14 @@ class Deploy:
             return "rollback-failed"
         seconds = time.perf_counter() - started
         self.timings["rollback"] = round(seconds, 3)
-        images = ", ".join(f"{s.container} {states[s.container].image[7:19]}" for s in self.d.services
-                           if s.container in states)
-        self.restored = f"commit {_short(self.facts.repo_head)} is running again ({images}), healthy"
+        images = ", ".join(
+            f"{s.container} {states[s.container].image[7:19]}"
+            for s in self.d.services
+            if s.container in states
+        )
+        self.restored = (
+            f"commit {_short(self.facts.repo_head)} is running again ({images}), healthy"
+        )
         self.out.step(number, total, "rollback", "ok", seconds, self.restored)
         return "rolled-back"
 
@@ -296,15 +301,20 @@ class Deploy:
             if reload[0].enabled and self.target.run(reload[0].line, check=False).ok:
                 self.target.run(reload[1].line)
         except OpsfabError as exc:
-            self.restored = f"could not put the previous configs back: {exc.message.splitlines()[0]}"
-            self.out.step(10, total, "rollback", "FAILED", time.perf_counter() - started, self.restored)
+            self.restored = (
+                f"could not put the previous configs back: {exc.message.splitlines()[0]}"
+            )
+            self.out.step(
+                10, total, "rollback", "FAILED", time.perf_counter() - started, self.restored
+            )
             return "failed"
         self.restored = "the previous configs are back; the running containers were not touched"
         self.out.step(10, total, "rollback", "ok", time.perf_counter() - started, self.restored)
         return "rolled-back"
 
-    def _finish(self, total: int, result: str, failed_step: str | None,
-                error: OpsfabError | None) -> None:
+    def _finish(
+        self, total: int, result: str, failed_step: str | None, error: OpsfabError | None
+    ) -> None:
         started = time.perf_counter()
         self.last_record = self.record(result, failed_step, error.message if error else "")
         outcome = "ok"
@@ -313,8 +323,9 @@ class Deploy:
         except OpsfabError as exc:
             outcome = "FAILED"
             self.out.say(f"record: {exc.message}")
-        self.out.step(total, total, "record", outcome, time.perf_counter() - started,
-                      f"{self.d.deploy_log}")
+        self.out.step(
+            total, total, "record", outcome, time.perf_counter() - started, f"{self.d.deploy_log}"
+        )
 
     # -- the deploy log -------------------------------------------------------------------
 
@@ -370,7 +381,12 @@ def _version(text: str | None) -> tuple[int, ...] | None:
 
 
 def plan_preflight(run: Deploy) -> list[Action]:
-    return [Action(probe.script(probe.sections(run.d, run.file_paths)), note="read-only probe, one round trip")]
+    return [
+        Action(
+            probe.script(probe.sections(run.d, run.file_paths)),
+            note="read-only probe, one round trip",
+        )
+    ]
 
 
 def run_preflight(run: Deploy) -> tuple[str, str]:
@@ -381,8 +397,11 @@ def run_preflight(run: Deploy) -> tuple[str, str]:
         raise PreflightError(problems)
     if facts.lock_holder is not None:
         raise lock_error(d, facts.lock_holder)
-    run.changed = [f.path.as_posix() for f in run.files
-                   if facts.file_hashes.get(str(f.path)) != _sha256(f.content)]
+    run.changed = [
+        f.path.as_posix()
+        for f in run.files
+        if facts.file_hashes.get(str(f.path)) != _sha256(f.content)
+    ]
     free = f"{facts.free_mb / 1024:.1f} GB free" if facts.free_mb is not None else ""
     head = f"running {_short(facts.repo_head)}" if facts.repo_head else "first deploy"
     return "ok", f"docker {facts.docker_version}, compose {facts.compose_version}, {free}, {head}"
@@ -394,35 +413,67 @@ def preflight_problems(d: Deployment, facts: probe.Facts) -> list[tuple[str, str
     where = f"on {d.host_name}"
     found = _version(facts.docker_version)
     if found is None:
-        problems.append((f"docker does not answer {where}: {facts.docker_error.strip()[:200] or 'no output'}",
-                         "install Docker Engine or start its daemon, and make sure "
-                         f"{d.host.user} may use it"))
+        problems.append(
+            (
+                f"docker does not answer {where}: "
+                f"{facts.docker_error.strip()[:200] or 'no output'}",
+                "install Docker Engine or start its daemon, and make sure "
+                f"{d.host.user} may use it",
+            )
+        )
     elif found < MIN_DOCKER:
-        problems.append((f"Docker {facts.docker_version} found {where}; opsfab needs 20.10 or newer",
-                         "upgrade Docker Engine on the host"))
+        problems.append(
+            (
+                f"Docker {facts.docker_version} found {where}; opsfab needs 20.10 or newer",
+                "upgrade Docker Engine on the host",
+            )
+        )
     compose = _version(facts.compose_version)
     cmd = " ".join(d.host.compose)
     if compose is None:
-        problems.append((f"`{cmd}` is not usable {where}: {facts.compose_error.strip()[:200] or 'no output'}",
-                         "install the Compose v2 plugin (docker compose) or set "
-                         f"hosts.{d.host_name}.compose"))
+        problems.append(
+            (
+                f"`{cmd}` is not usable {where}: "
+                f"{facts.compose_error.strip()[:200] or 'no output'}",
+                "install the Compose v2 plugin (docker compose) or set "
+                f"hosts.{d.host_name}.compose",
+            )
+        )
     elif compose < MIN_COMPOSE:
-        problems.append((f"`{cmd}` is version {facts.compose_version} {where}; opsfab needs Compose 2.0 or newer",
-                         "install the Compose v2 plugin and set "
-                         f"hosts.{d.host_name}.compose = [\"docker\", \"compose\"]"))
+        problems.append(
+            (
+                f"`{cmd}` is version {facts.compose_version} {where}; "
+                "opsfab needs Compose 2.0 or newer",
+                "install the Compose v2 plugin and set "
+                f'hosts.{d.host_name}.compose = ["docker", "compose"]',
+            )
+        )
     if facts.free_mb is not None and facts.free_mb < d.host.min_free_mb:
-        problems.append((f"only {facts.free_mb} MB free under {facts.docker_root} {where};"
-                         f" the inventory asks for {d.host.min_free_mb} MB (hosts.{d.host_name}.min_free_mb)",
-                         "free space (docker system df; docker image prune) or lower min_free_mb"))
+        problems.append(
+            (
+                f"only {facts.free_mb} MB free under {facts.docker_root} {where};"
+                f" the inventory asks for {d.host.min_free_mb} MB"
+                f" (hosts.{d.host_name}.min_free_mb)",
+                "free space (docker system df; docker image prune) or lower min_free_mb",
+            )
+        )
     if any(s.env_file for s in d.services):
         if not facts.env_file_present:
-            problems.append((f"secrets file {d.env_file} is missing {where}",
-                             f"fab secrets.push {d.app_name} {d.env} (or create it, mode 600)"))
+            problems.append(
+                (
+                    f"secrets file {d.env_file} is missing {where}",
+                    f"fab secrets.push {d.app_name} {d.env} (or create it, mode 600)",
+                )
+            )
         else:
             missing = [k for k in d.app.required_secrets if k not in facts.secret_keys]
             if missing:
-                problems.append((f"{d.env_file} lacks required keys: {', '.join(missing)}",
-                                 f"add them and run fab secrets.push {d.app_name} {d.env}"))
+                problems.append(
+                    (
+                        f"{d.env_file} lacks required keys: {', '.join(missing)}",
+                        f"add them and run fab secrets.push {d.app_name} {d.env}",
+                    )
+                )
     return problems
 
 
@@ -433,15 +484,14 @@ def lock_error(d: Deployment, holder_text: str) -> LockHeld:
     except (json.JSONDecodeError, AttributeError):
         who, since, deploy_id = holder_text.strip()[:80], "unknown", "?"
     return LockHeld(
-        f"{d.name} is locked by {who} since {since} (deploy {deploy_id}); refusing a second deploy",
+        f"{d.name} is locked by {who} since {since} (deploy {deploy_id}); "
+        "refusing a second deploy",
         f"wait for it to finish; if it died, check `fab history {d.app_name} {d.env}` "
         f"and run `fab unlock {d.app_name} {d.env}`",
     )
 
 
 def _sha256(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(data).hexdigest()
 
 
@@ -453,12 +503,20 @@ def plan_lock(run: Deploy) -> list[Action]:
 
 
 def lock_line(d: Deployment, deploy_id: str, who: str, started: datetime) -> str:
-    holder = json.dumps({"who": who, "since": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "id": deploy_id})
+    holder = json.dumps(
+        {"who": who, "since": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "id": deploy_id}
+    )
     holder_file = str(d.lock_dir / "holder")
     return (
         line(["mkdir", "-p", str(d.lock_dir.parent)], ["mkdir", str(d.lock_dir)])
-        + " && " + line(["printf", "%s\\n", holder]) + " > " + _q(holder_file)
-        + " && " + line(["mkdir", "-p", str(d.deploy_dir)]) + " && " + configs.prepare_line(d.ops_root)
+        + " && "
+        + line(["printf", "%s\\n", holder])
+        + " > "
+        + _q(holder_file)
+        + " && "
+        + line(["mkdir", "-p", str(d.deploy_dir)])
+        + " && "
+        + configs.prepare_line(d.ops_root)
     )
 
 
@@ -471,8 +529,6 @@ def run_lock(run: Deploy) -> tuple[str, str]:
 
 
 def _q(text: str) -> str:
-    import shlex
-
     return shlex.quote(text)
 
 
@@ -483,9 +539,11 @@ def plan_configs(run: Deploy) -> list[Action]:
     d = run.d
     tar_path, stage = configs.stage_paths(d.ops_root, run.id)
     actions = [
-        Action(line(["docker", "network", "create", d.host.shared_network]),
-               when=f"the shared network {d.host.shared_network} does not exist",
-               enabled=run.when(lambda f: not f.shared_network)),
+        Action(
+            line(["docker", "network", "create", d.host.shared_network]),
+            when=f"the shared network {d.host.shared_network} does not exist",
+            enabled=run.when(lambda f: not f.shared_network),
+        ),
         Action(tar_path, upload=configs.bundle(run.files)),
         Action(configs.install_line(run.files, tar_path, stage)),
     ]
@@ -499,9 +557,16 @@ def nginx_reload_actions(run: Deploy) -> list[Action]:
     running = run.when(lambda f: f.proxy_running)
     when = f"an nginx conf changed and {proxy} is running"
     return [
-        Action(line(["docker", "exec", proxy, "nginx", "-t"]), when=when, enabled=conf_changed and running),
-        Action(line(["docker", "exec", proxy, "nginx", "-s", "reload"]), when=when + " and nginx -t passed",
-               enabled=conf_changed and running),
+        Action(
+            line(["docker", "exec", proxy, "nginx", "-t"]),
+            when=when,
+            enabled=conf_changed and running,
+        ),
+        Action(
+            line(["docker", "exec", proxy, "nginx", "-s", "reload"]),
+            when=when + " and nginx -t passed",
+            enabled=conf_changed and running,
+        ),
     ]
 
 
@@ -514,7 +579,8 @@ def run_configs(run: Deploy) -> tuple[str, str]:
         if not test.ok:
             run.target.run(configs.restore_line(run.file_paths))
             raise OpsfabError(
-                f"nginx rejected the new config; the previous files are back:\n{_nginx_error(test)}",
+                "nginx rejected the new config; the previous files are back:\n"
+                + _nginx_error(test),
                 "fix the template or the inventory value named above (fab render to inspect)",
             )
         run.execute_actions([reload[1]])
@@ -535,10 +601,19 @@ def plan_remember(run: Deploy) -> list[Action]:
     """One line; each part tests on the host whether there is anything to remember."""
     d = run.d
     repo = str(d.repo_dir)
-    parts = [_if(["git", "-C", repo, "rev-parse", "-q", "--verify", "HEAD"],
-                 ["git", "-C", repo, "update-ref", ROLLBACK_REF, "HEAD"])]
-    parts += [_if(["docker", "image", "inspect", s.image], ["docker", "image", "tag", s.image, s.rollback_image])
-              for s in d.built_services]
+    parts = [
+        _if(
+            ["git", "-C", repo, "rev-parse", "-q", "--verify", "HEAD"],
+            ["git", "-C", repo, "update-ref", ROLLBACK_REF, "HEAD"],
+        )
+    ]
+    parts += [
+        _if(
+            ["docker", "image", "inspect", s.image],
+            ["docker", "image", "tag", s.image, s.rollback_image],
+        )
+        for s in d.built_services
+    ]
     return [Action(" && ".join(parts))]
 
 
@@ -556,12 +631,19 @@ def plan_backup(run: Deploy) -> list[Action]:
     if not job.items:
         return []
     return [
-        Action(backup.dump_script(job), note="dumps " + ", ".join(i.label for i in job.items)
-               + " and reads back what verifies them; an item is skipped while its "
-               "volume or container does not exist yet"),
-        Action(backup.keep_line(job), when="every dump passed its verification",
-               note="old pre-deploy sets beyond the retention are removed with it; a "
-                    "failed verification removes the partial files and stops the deploy"),
+        Action(
+            backup.dump_script(job),
+            note="dumps "
+            + ", ".join(i.label for i in job.items)
+            + " and reads back what verifies them; an item is skipped while its "
+            "volume or container does not exist yet",
+        ),
+        Action(
+            backup.keep_line(job),
+            when="every dump passed its verification",
+            note="old pre-deploy sets beyond the retention are removed with it; a "
+            "failed verification removes the partial files and stops the deploy",
+        ),
     ]
 
 
@@ -602,13 +684,26 @@ def plan_source(run: Deploy) -> list[Action]:
     repo = str(d.repo_dir)
     target = run.options.ref or f"origin/{d.branch}"
     return [
-        Action(line(["git", "clone", "--branch", d.branch, "--", d.app.repo, repo]),
-               when="the repository is not cloned yet", enabled=run.when(lambda f: f.repo_head is None)),
-        Action(line(
-            ["git", "-C", repo, "fetch", "--prune", "--tags", "--force", "origin"],
-            ["git", "-C", repo, "reset", "--hard", f"{target}^{{commit}}" if run.options.ref else target, "--"],
-            ["git", "-C", repo, "rev-parse", "HEAD"],
-        )),
+        Action(
+            line(["git", "clone", "--branch", d.branch, "--", d.app.repo, repo]),
+            when="the repository is not cloned yet",
+            enabled=run.when(lambda f: f.repo_head is None),
+        ),
+        Action(
+            line(
+                ["git", "-C", repo, "fetch", "--prune", "--tags", "--force", "origin"],
+                [
+                    "git",
+                    "-C",
+                    repo,
+                    "reset",
+                    "--hard",
+                    f"{target}^{{commit}}" if run.options.ref else target,
+                    "--",
+                ],
+                ["git", "-C", repo, "rev-parse", "HEAD"],
+            )
+        ),
     ]
 
 
@@ -641,13 +736,15 @@ def plan_up(run: Deploy) -> list[Action]:
 
 
 def plan_health(run: Deploy) -> list[Action]:
-    d, s = run.d, run.d.app.deploy
-    return [Action(
-        health.poll_line(run.containers),
-        note=f"repeated every {s.health_poll:g} s until every container is healthy, "
-             f"at most {s.health_tries} x {s.health_timeout} s; "
-             "fails at once when a container exits, restarts or turns unhealthy",
-    )]
+    _d, s = run.d, run.d.app.deploy
+    return [
+        Action(
+            health.poll_line(run.containers),
+            note=f"repeated every {s.health_poll:g} s until every container is healthy, "
+            f"at most {s.health_tries} x {s.health_timeout} s; "
+            "fails at once when a container exits, restarts or turns unhealthy",
+        )
+    ]
 
 
 def run_health(run: Deploy) -> tuple[str, str]:
@@ -664,17 +761,27 @@ def plan_rollback(run: Deploy) -> list[Action]:
     up_ran = "up" in run.reached or "build" in run.reached or not run.known
     actions = [
         Action(configs.restore_line(run.file_paths), when=when),
-        Action(line(["git", "-C", str(d.repo_dir), "reset", "--hard", ROLLBACK_REF, "--"]), when=when),
+        Action(
+            line(["git", "-C", str(d.repo_dir), "reset", "--hard", ROLLBACK_REF, "--"]), when=when
+        ),
     ]
     for s in d.built_services:
-        actions.append(Action(
-            line(["docker", "image", "tag", s.rollback_image, s.image]),
-            when=f"{when}, and {s.image} existed", enabled=run.when(lambda f, s=s: f.images.get(s.image) is not None),
-        ))
+        actions.append(
+            Action(
+                line(["docker", "image", "tag", s.rollback_image, s.image]),
+                when=f"{when}, and {s.image} existed",
+                enabled=run.when(lambda f, s=s: f.images.get(s.image) is not None),
+            )
+        )
     actions += nginx_reload_actions(run)
-    actions.append(Action(line([*d.compose, "up", "-d", "--no-build", "--remove-orphans"]),
-                          when=f"{when}, and the new build was made", enabled=up_ran,
-                          note="then health is checked again as in step 9"))
+    actions.append(
+        Action(
+            line([*d.compose, "up", "-d", "--no-build", "--remove-orphans"]),
+            when=f"{when}, and the new build was made",
+            enabled=up_ran,
+            note="then health is checked again as in step 9",
+        )
+    )
     return actions
 
 
@@ -682,21 +789,35 @@ def plan_rollback(run: Deploy) -> list[Action]:
 
 
 def plan_cleanup(run: Deploy) -> list[Action]:
-    return [Action(
-        line(["docker", "image", "prune", "--force", "--filter", f"label=org.opsfab.deployment={run.d.name}"]),
-        when="the deploy succeeded",
-        note="removes only untagged images of this deployment: :latest and :rollback stay",
-    )]
+    return [
+        Action(
+            line(
+                [
+                    "docker",
+                    "image",
+                    "prune",
+                    "--force",
+                    "--filter",
+                    f"label=org.opsfab.deployment={run.d.name}",
+                ]
+            ),
+            when="the deploy succeeded",
+            note="removes only untagged images of this deployment: :latest and :rollback stay",
+        )
+    ]
 
 
 def plan_record(run: Deploy) -> list[Action]:
     """Append the record, then release the lock even if the append failed."""
     d = run.d
     rec = getattr(run, "last_record", None) or run.record("<result>", None, "")
-    append = line(["printf", "%s\\n", json.dumps(rec, sort_keys=True)]) + " >> " + _q(str(d.deploy_log))
+    append = (
+        line(["printf", "%s\\n", json.dumps(rec, sort_keys=True)]) + " >> " + _q(str(d.deploy_log))
+    )
     unlock = line(["rm", "-rf", "--", str(d.lock_dir)])
-    return [Action(f"{append}; status=$?; {unlock} && exit $status",
-                   note=None if run.known else "the JSON line holds the real result and timings")]
-
-
-_ = HealthError, RemoteCommandError  # re-exported for runbooks catching them
+    return [
+        Action(
+            f"{append}; status=$?; {unlock} && exit $status",
+            note=None if run.known else "the JSON line holds the real result and timings",
+        )
+    ]

@@ -15,12 +15,18 @@ from .output import Reporter
 from .probe import ContainerState, container_states, state_line
 from .target import Target, line
 
+HEALTH_LOG_FORMAT = (
+    "{{if .State.Health}}{{range .State.Health.Log}}{{.ExitCode}}: {{.Output}}\n{{end}}{{end}}"
+)
+
 
 def poll_line(containers: list[str]) -> str:
     return state_line(containers)
 
 
-def wait(target: Target, deployment: Deployment, out: Reporter | None = None) -> dict[str, ContainerState]:
+def wait(
+    target: Target, deployment: Deployment, out: Reporter | None = None
+) -> dict[str, ContainerState]:
     settings = deployment.app.deploy
     containers = [s.container for s in deployment.services]
     deadline = time.monotonic() + settings.health_tries * settings.health_timeout
@@ -28,14 +34,19 @@ def wait(target: Target, deployment: Deployment, out: Reporter | None = None) ->
         states = container_states(target, containers)
         problem = failure(states, deployment)
         if problem:
-            raise HealthError(problem + diagnostics(target, states, containers),
-                              "read the container's logs above; fix and redeploy")
+            raise HealthError(
+                problem + diagnostics(target, states, containers),
+                "read the container's logs above; fix and redeploy",
+            )
         if all(states[c].healthy for c in containers):
             return states
         if time.monotonic() >= deadline:
-            waiting = ", ".join(f"{c} {states[c].health}" for c in containers if not states[c].healthy)
+            waiting = ", ".join(
+                f"{c} {states[c].health}" for c in containers if not states[c].healthy
+            )
             raise HealthError(
-                f"not healthy after {settings.health_tries} x {settings.health_timeout} s: {waiting}"
+                f"not healthy after {settings.health_tries} x {settings.health_timeout} s: "
+                f"{waiting}"
                 + diagnostics(target, states, containers),
                 f"if it starts slowly, raise health.start_period or apps.{deployment.app_name}"
                 ".deploy.health_timeout in hosts.toml",
@@ -47,11 +58,16 @@ def wait(target: Target, deployment: Deployment, out: Reporter | None = None) ->
 def check_now(states: dict[str, ContainerState], deployment: Deployment) -> None:
     """Raise unless every container is healthy right now."""
     problem = failure(states, deployment)
-    unhealthy = [c for c in (s.container for s in deployment.services)
-                 if c in states and not states[c].healthy]
+    unhealthy = [
+        c
+        for c in (s.container for s in deployment.services)
+        if c in states and not states[c].healthy
+    ]
     if problem or unhealthy:
-        raise HealthError(problem or f"not healthy: {', '.join(unhealthy)}",
-                          f"fab health {deployment.app_name} {deployment.env}")
+        raise HealthError(
+            problem or f"not healthy: {', '.join(unhealthy)}",
+            f"fab health {deployment.app_name} {deployment.env}",
+        )
 
 
 def failure(states: dict[str, ContainerState], deployment: Deployment) -> str | None:
@@ -76,11 +92,25 @@ def diagnostics(target: Target, states: dict[str, ContainerState], containers: l
         state = states.get(name)
         if state is None or state.healthy:
             continue
-        probe = target.run(line(["docker", "container", "inspect", "--format",
-                                 "{{if .State.Health}}{{range .State.Health.Log}}{{.ExitCode}}: {{.Output}}\n{{end}}{{end}}",
-                                 name]), check=False)
+        probe = target.run(
+            line(
+                [
+                    "docker",
+                    "container",
+                    "inspect",
+                    "--format",
+                    HEALTH_LOG_FORMAT,
+                    name,
+                ]
+            ),
+            check=False,
+        )
         logs = target.run(line(["docker", "logs", "--tail", "15", name]) + " 2>&1", check=False)
-        text = [f"\n--- {name}: last health probes ---", *probe.stdout.strip().splitlines()[-3:],
-                f"--- {name}: last log lines ---", *logs.stdout.strip().splitlines()[-15:]]
+        text = [
+            f"\n--- {name}: last health probes ---",
+            *probe.stdout.strip().splitlines()[-3:],
+            f"--- {name}: last log lines ---",
+            *logs.stdout.strip().splitlines()[-15:],
+        ]
         parts.append("\n".join("    " + t if not t.startswith("\n") else t for t in text))
     return "".join(parts)

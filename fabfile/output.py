@@ -17,7 +17,9 @@ class Reporter:
         if not self.quiet:
             print(text, file=self.stream, flush=True)
 
-    def step(self, number: int, total: int, name: str, outcome: str, seconds: float, detail: str = "") -> None:
+    def step(
+        self, number: int, total: int, name: str, outcome: str, seconds: float, detail: str = ""
+    ) -> None:
         tail = f"  {detail}" if detail else ""
         self.say(f"[{number:>2}/{total}] {name:<10} {outcome:<8} {seconds:6.2f} s{tail}")
 

@@ -21,7 +21,9 @@ STATE_FORMAT = (
     "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}|"
     "{{.RestartCount}}|{{.State.ExitCode}}|{{.State.StartedAt}}"
 )
-SECRET_KEYS = r"s/^[[:space:]]*\(export[[:space:]]\{1,\}\)\{0,1\}\([A-Za-z_][A-Za-z0-9_]*\)=.*/\2/p"
+SECRET_KEYS = (
+    r"s/^[[:space:]]*\(export[[:space:]]\{1,\}\)\{0,1\}\([A-Za-z_][A-Za-z0-9_]*\)=.*/\2/p"
+)
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,25 @@ def sections(deployment: Deployment, files: list[str]) -> list[tuple[str, str]]:
             'root=$(docker info --format "{{.DockerRootDir}}" 2>/dev/null) || root=/; '
             'echo "$root"; df -Pk "$root"',
         ),
-        ("network", line(["docker", "network", "inspect", "--format", "{{.Name}}", host.shared_network])),
+        (
+            "network",
+            line(["docker", "network", "inspect", "--format", "{{.Name}}", host.shared_network]),
+        ),
         ("lock", line(["cat", str(d.lock_dir / "holder")])),
         ("repo", line(["git", "-C", str(d.repo_dir), "rev-parse", "--verify", "HEAD"])),
-        ("proxy", line(["docker", "container", "inspect", "--format", "{{.State.Running}}", host.proxy_container])),
+        (
+            "proxy",
+            line(
+                [
+                    "docker",
+                    "container",
+                    "inspect",
+                    "--format",
+                    "{{.State.Running}}",
+                    host.proxy_container,
+                ]
+            ),
+        ),
     ]
     if any(s.env_file for s in d.services):
         items.append(("secrets", line(["sed", "-n", SECRET_KEYS, str(d.env_file)])))
@@ -84,11 +101,21 @@ def sections(deployment: Deployment, files: list[str]) -> list[tuple[str, str]]:
         items.append((f"image {service.image}", _image_id(service.image)))
         items.append((f"rollback {service.image}", _image_id(service.rollback_image)))
     for service in d.services:
-        items.append((f"container {service.container}", line(
-            ["docker", "container", "inspect", "--format", STATE_FORMAT, service.container]
-        )))
+        items.append(
+            (
+                f"container {service.container}",
+                line(
+                    ["docker", "container", "inspect", "--format", STATE_FORMAT, service.container]
+                ),
+            )
+        )
     for volume in d.backup_volumes:
-        items.append((f"volume {volume}", line(["docker", "volume", "inspect", "--format", "{{.Name}}", volume])))
+        items.append(
+            (
+                f"volume {volume}",
+                line(["docker", "volume", "inspect", "--format", "{{.Name}}", volume]),
+            )
+        )
     if files:
         items.append(("hashes", line(["sha256sum", "--", *files])))
     return items
@@ -101,7 +128,9 @@ def _image_id(image: str) -> str:
 def script(items: list[tuple[str, str]]) -> str:
     parts = []
     for label, command in items:
-        parts.append(f"echo {shlex.quote(MARK + ' ' + label)}; {{ {command}; }} 2>&1; echo \"{MARK}-rc $?\"")
+        parts.append(
+            f'echo {shlex.quote(MARK + " " + label)}; {{ {command}; }} 2>&1; echo "{MARK}-rc $?"'
+        )
     return "\n".join(parts)
 
 
@@ -115,7 +144,7 @@ def parse(output: str) -> dict[str, tuple[int, str]]:
                 results[label] = (int(text.split()[-1]), "\n".join(lines).strip())
             label, lines = None, []
         elif text.startswith(MARK + " "):
-            label, lines = text[len(MARK) + 1:], []
+            label, lines = text[len(MARK) + 1 :], []
         else:
             lines.append(text)
     return results
@@ -178,7 +207,10 @@ def parse_state(text: str) -> ContainerState:
 
 def state_line(containers: list[str]) -> str:
     """Read the state of containers; missing ones are simply absent from the output."""
-    return line(["docker", "container", "inspect", "--format", STATE_FORMAT, *containers]) + " 2>/dev/null"
+    return (
+        line(["docker", "container", "inspect", "--format", STATE_FORMAT, *containers])
+        + " 2>/dev/null"
+    )
 
 
 def container_states(target: Target, containers: list[str]) -> dict[str, ContainerState]:

@@ -40,8 +40,12 @@ def render_deployment(inventory: Inventory, deployment: Deployment) -> list[Rend
     if any(s.publish is not None for s in _all_env_services(inventory, deployment.app_name)):
         files.append(render_app_nginx(inventory, deployment.app_name))
     for name, template in sorted(deployment.app.files.items()):
-        context = {"inventory_name": inventory.path.name, "deployment": deployment.name,
-                   "app": deployment.app_name, "env": deployment.env}
+        context = {
+            "inventory_name": inventory.path.name,
+            "deployment": deployment.name,
+            "app": deployment.app_name,
+            "env": deployment.env,
+        }
         files.append(_render(template, deployment.deploy_dir / name, context))
     return files
 
@@ -96,7 +100,9 @@ def compose_context(inventory: Inventory, deployment: Deployment) -> dict:
             "build": _build_context(s),
             "dockerfile": s.dockerfile,
             "image": s.image,
-            "command": [*s.command, "--maxmemory", s.maxmemory] if s.maxmemory and s.command else s.command,
+            "command": [*s.command, "--maxmemory", s.maxmemory]
+            if s.maxmemory and s.command
+            else s.command,
             "memory": f"{s.memory_mb}m",
             "stop_grace_period": s.stop_grace_period,
             "env_file": s.env_file,

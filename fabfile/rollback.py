@@ -28,15 +28,23 @@ from .target import Target, line
 SWAP_REF = "refs/opsfab/rollback-swap"
 
 
-def rollback(inventory: Inventory, app: str, env: str, target: Target,
-             reporter: Reporter | None = None, actor: str | None = None) -> dict:
+def rollback(
+    inventory: Inventory,
+    app: str,
+    env: str,
+    target: Target,
+    reporter: Reporter | None = None,
+    actor: str | None = None,
+) -> dict:
     out = reporter or Reporter()
     d = inventory.deployment(app, env)
     run = Deploy(inventory, d, target, Options(actor=actor), out)
     run.facts = facts = probe.gather(target, d, run.file_paths)
     if facts.lock_holder is not None:
         raise lock_error(d, facts.lock_holder)
-    missing = [s.rollback_image for s in d.built_services if facts.rollback_images.get(s.image) is None]
+    missing = [
+        s.rollback_image for s in d.built_services if facts.rollback_images.get(s.image) is None
+    ]
     if facts.repo_head is None or missing:
         raise OpsfabError(
             f"{d.name} has nothing to roll back to"
@@ -51,20 +59,24 @@ def rollback(inventory: Inventory, app: str, env: str, target: Target,
         run.changed = run.conf_paths
         target.run(configs.swap_line(run.file_paths))
         repo = str(d.repo_dir)
-        target.run(line(
-            ["git", "-C", repo, "update-ref", SWAP_REF, "HEAD"],
-            ["git", "-C", repo, "reset", "--hard", ROLLBACK_REF, "--"],
-            ["git", "-C", repo, "update-ref", ROLLBACK_REF, SWAP_REF],
-            ["git", "-C", repo, "update-ref", "-d", SWAP_REF],
-        ))
+        target.run(
+            line(
+                ["git", "-C", repo, "update-ref", SWAP_REF, "HEAD"],
+                ["git", "-C", repo, "reset", "--hard", ROLLBACK_REF, "--"],
+                ["git", "-C", repo, "update-ref", ROLLBACK_REF, SWAP_REF],
+                ["git", "-C", repo, "update-ref", "-d", SWAP_REF],
+            )
+        )
         for s in d.built_services:
             swap = s.image.rsplit(":", 1)[0] + ":swap"
-            target.run(line(
-                ["docker", "image", "tag", s.image, swap],
-                ["docker", "image", "tag", s.rollback_image, s.image],
-                ["docker", "image", "tag", swap, s.rollback_image],
-                ["docker", "image", "rm", swap],
-            ))
+            target.run(
+                line(
+                    ["docker", "image", "tag", s.image, swap],
+                    ["docker", "image", "tag", s.rollback_image, s.image],
+                    ["docker", "image", "tag", swap, s.rollback_image],
+                    ["docker", "image", "rm", swap],
+                )
+            )
         reload = nginx_reload_actions(run)
         if reload[0].enabled and not target.run(reload[0].line, check=False).ok:
             target.run(configs.swap_line(run.conf_paths))
@@ -75,15 +87,18 @@ def rollback(inventory: Inventory, app: str, env: str, target: Target,
         head = target.run(line(["git", "-C", repo, "rev-parse", "HEAD"])).stdout.strip()
         run.new_head = head
         result = "ok"
-        out.say(f"rolled back {d.name} to {_short(head)}: "
-                + ", ".join(f"{c} {states[c].health}" for c in run.containers))
+        out.say(
+            f"rolled back {d.name} to {_short(head)}: "
+            + ", ".join(f"{c} {states[c].health}" for c in run.containers)
+        )
     except OpsfabError as exc:
         error = exc
         raise
     finally:
         run.timings["rollback"] = round(time.perf_counter() - started, 3)
-        record = run.record(result, None if error is None else "rollback",
-                            error.message if error else "")
+        record = run.record(
+            result, None if error is None else "rollback", error.message if error else ""
+        )
         record["action"] = "rollback"
         run.last_record = record
         for action in plan_record(run):

@@ -7,11 +7,11 @@ what a dry run prints is what runs.
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import os
 import shlex
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -160,9 +160,11 @@ class SSHTarget(Target):
                         f"{self.host.address} >> {self.host.known_hosts}` or set "
                         f"hosts.{self.name}.host_key in hosts.toml",
                     ) from None
-                raise ConnectError(f"[{self.name}] SSH to {self._where} failed: {exc}",
-                                   "check the user, the key (or password) and sshd on the host") from None
-            except (OSError, socket.timeout) as exc:
+                raise ConnectError(
+                    f"[{self.name}] SSH to {self._where} failed: {exc}",
+                    "check the user, the key (or password) and sshd on the host",
+                ) from None
+            except (TimeoutError, OSError) as exc:
                 raise ConnectError(
                     f"[{self.name}] cannot reach {self._where}: {exc}",
                     f"check hosts.{self.name}.address and port (or {self.env_prefix}_HOST)"
@@ -241,8 +243,6 @@ def _connection(host: Host, env: dict[str, str], prefix: str) -> Connection:
 
 
 def _b64(text: str) -> bytes:
-    import base64
-
     return base64.b64decode(text)
 
 
@@ -252,8 +252,10 @@ def _key_from_text(text: str) -> paramiko.PKey:
             return kind.from_private_key(io.StringIO(text.strip() + "\n"))
         except paramiko.SSHException:
             continue
-    raise ConnectError("the SSH key given as text could not be read",
-                       "give an unencrypted OpenSSH private key or a path to one")
+    raise ConnectError(
+        "the SSH key given as text could not be read",
+        "give an unencrypted OpenSSH private key or a path to one",
+    )
 
 
 def connect(host_name: str, host: Host, folder: Path | None = None) -> Target:

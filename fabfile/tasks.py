@@ -37,9 +37,13 @@ def reported(func):
     return wrapper
 
 
-@task(help={"ref": "deploy this commit, tag or origin/<branch> instead of the env's branch",
-            "dry-run": "print every command each step would run; touch nothing",
-            "json": "print the deploy record as JSON on stdout"})
+@task(
+    help={
+        "ref": "deploy this commit, tag or origin/<branch> instead of the env's branch",
+        "dry-run": "print every command each step would run; touch nothing",
+        "json": "print the deploy record as JSON on stdout",
+    }
+)
 @reported
 def deploy(c, app, env, ref=None, dry_run=False, json=False):
     """Deploy APP ENV: lock, back up, build, check health, roll back on failure."""
@@ -88,9 +92,12 @@ def history(c, app, env, limit=20, json=False):
     for r in records:
         frm = (r.get("from") or {}).get("commit") or ""
         to = (r.get("to") or {}).get("commit") or ""
-        print(f"{r.get('time', '?'):<21} {r.get('action', '?'):<9} {r.get('result', '?'):<12} "
-              f"{frm[:10] or '-':<10} -> {to[:10] or '-':<10} {r.get('seconds', 0):>7.1f} s  "
-              f"{r.get('who', '?')}" + (f"  ({r['failed_step']}: {r['error']})" if r.get("failed_step") else ""))
+        print(
+            f"{r.get('time', '?'):<21} {r.get('action', '?'):<9} {r.get('result', '?'):<12} "
+            f"{frm[:10] or '-':<10} -> {to[:10] or '-':<10} {r.get('seconds', 0):>7.1f} s  "
+            f"{r.get('who', '?')}"
+            + (f"  ({r['failed_step']}: {r['error']})" if r.get("failed_step") else "")
+        )
 
 
 @task
@@ -98,7 +105,10 @@ def history(c, app, env, limit=20, json=False):
 def unlock(c, app, env):
     """Remove the lock of APP ENV left by a deploy that died (says who held it)."""
     holder = api.unlock(app, env)
-    print(f"released the lock of {app}-{env}" + (f" held by {holder}" if holder else " (it was free)"))
+    print(
+        f"released the lock of {app}-{env}"
+        + (f" held by {holder}" if holder else " (it was free)")
+    )
 
 
 class _PositionalUnlessAll(Argument):
@@ -129,9 +139,13 @@ class _RenderTask(Task):
         return args
 
 
-@task(klass=_RenderTask,
-      help={"out": "folder to write into (default: rendered/)",
-            "all": "every deployment and the infrastructure: the whole ops tree"})
+@task(
+    klass=_RenderTask,
+    help={
+        "out": "folder to write into (default: rendered/)",
+        "all": "every deployment and the infrastructure: the whole ops tree",
+    },
+)
 @reported
 def render(c, app, env, out="rendered", all=False):  # all: the --all flag
     """Render APP ENV's files (or --all) into a local folder laid out like the ops root."""

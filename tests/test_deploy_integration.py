@@ -25,8 +25,9 @@ def qp(sshd, base_image, docker_prefix, origin_repo, tmp_path) -> DeployEnv:
     app = docker_prefix
     ops_root = tmp_path / "ops"
     ops_root.mkdir()
-    inventory = write_inventory(tmp_path / "hosts.toml", app=app, sshd=sshd,
-                                ops_root=ops_root, origin=origin_repo)
+    inventory = write_inventory(
+        tmp_path / "hosts.toml", app=app, sshd=sshd, ops_root=ops_root, origin=origin_repo
+    )
     write_secrets(ops_root, app, "prod")
     write_secrets(ops_root, app, "dev")
     yield DeployEnv(app, inventory, ops_root, origin_repo, sshd, f"{app}-infra")
@@ -45,12 +46,14 @@ def deployed(qp: DeployEnv, *args: str) -> None:
 
 
 def test_first_deploy_on_bare_host_then_healthy_redeploy(qp: DeployEnv):
-    assert not docker("network", "inspect", qp.shared_network, check=False).returncode == 0
+    assert docker("network", "inspect", qp.shared_network, check=False).returncode != 0
 
     first = qp.fab("deploy", qp.app, "prod")
     assert first.returncode == 0, first.stdout + first.stderr
-    for number, name in enumerate(["preflight", "lock", "configs", "remember", "backup",
-                                   "source", "build", "up", "health"], 1):
+    for number, name in enumerate(
+        ["preflight", "lock", "configs", "remember", "backup", "source", "build", "up", "health"],
+        1,
+    ):
         assert f"[{number:>2}/12] {name}" in first.stdout
     assert "first deploy" in first.stdout
     assert qp.health_body() == "ok v1"
@@ -125,8 +128,9 @@ def test_failing_build_never_touches_the_running_container(qp: DeployEnv):
 def test_second_deploy_while_locked_is_refused_naming_the_holder(qp: DeployEnv):
     lock = qp.ops_root / "locks" / f"{qp.app}-prod.lock"
     lock.mkdir(parents=True)
-    (lock / "holder").write_text(json.dumps(
-        {"who": "alice@laptop", "since": "2026-12-03T10:00:00Z", "id": "x1"}) + "\n")
+    (lock / "holder").write_text(
+        json.dumps({"who": "alice@laptop", "since": "2026-12-03T10:00:00Z", "id": "x1"}) + "\n"
+    )
 
     result = qp.fab("deploy", qp.app, "prod")
 
@@ -140,8 +144,14 @@ def test_second_deploy_while_locked_is_refused_naming_the_holder(qp: DeployEnv):
 def test_unknown_host_key_is_refused(qp: DeployEnv, tmp_path: Path):
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
-    write_inventory(qp.inventory, app=qp.app, sshd=qp.sshd, ops_root=qp.ops_root,
-                    origin=qp.origin, known_hosts=empty)
+    write_inventory(
+        qp.inventory,
+        app=qp.app,
+        sshd=qp.sshd,
+        ops_root=qp.ops_root,
+        origin=qp.origin,
+        known_hosts=empty,
+    )
     result = qp.fab("deploy", qp.app, "prod")
     assert result.returncode == 3
     assert "refusing an unknown host key" in result.stderr
@@ -150,8 +160,14 @@ def test_unknown_host_key_is_refused(qp: DeployEnv, tmp_path: Path):
 
 
 def test_changed_host_key_is_refused(qp: DeployEnv, wrong_known_hosts: Path):
-    write_inventory(qp.inventory, app=qp.app, sshd=qp.sshd, ops_root=qp.ops_root,
-                    origin=qp.origin, known_hosts=wrong_known_hosts)
+    write_inventory(
+        qp.inventory,
+        app=qp.app,
+        sshd=qp.sshd,
+        ops_root=qp.ops_root,
+        origin=qp.origin,
+        known_hosts=wrong_known_hosts,
+    )
     result = qp.fab("deploy", qp.app, "prod")
     assert result.returncode == 3
     assert "CHANGED" in result.stderr and "ssh-keygen -R" in result.stderr
@@ -160,9 +176,15 @@ def test_changed_host_key_is_refused(qp: DeployEnv, wrong_known_hosts: Path):
 def test_pinned_host_key_in_the_inventory_is_enough(qp: DeployEnv, tmp_path: Path):
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
-    write_inventory(qp.inventory, app=qp.app, sshd=qp.sshd, ops_root=qp.ops_root,
-                    origin=qp.origin, known_hosts=empty,
-                    extra_host=f'host_key = "{qp.sshd.host_public_key}"')
+    write_inventory(
+        qp.inventory,
+        app=qp.app,
+        sshd=qp.sshd,
+        ops_root=qp.ops_root,
+        origin=qp.origin,
+        known_hosts=empty,
+        extra_host=f'host_key = "{qp.sshd.host_public_key}"',
+    )
     result = qp.fab("health", qp.app, "prod")
     assert "does not exist" in result.stderr  # connected, verified, found nothing yet
 
@@ -183,8 +205,11 @@ def test_dry_run_changes_nothing_and_lists_what_a_real_deploy_runs(qp: DeployEnv
         real.execute()
         executed = list(target.stats.log)
         assert target.stats.connections == 1
-    planned = {a.show() if a.upload is None else f"upload {len(a.upload)} bytes -> {a.line}"
-               for step in plan.steps for a in step.plan(plan)}
+    planned = {
+        a.show() if a.upload is None else f"upload {len(a.upload)} bytes -> {a.line}"
+        for step in plan.steps
+        for a in step.plan(plan)
+    }
     planned.add(plan.steps[-1].plan(plan)[-1].line)
     unplanned = [c for c in executed if c not in planned and "deploy.log" not in c]
     assert unplanned == []
@@ -218,8 +243,14 @@ def test_old_compose_on_the_host_is_refused_naming_the_version(qp: DeployEnv, tm
     fake = tmp_path / "old-compose"
     fake.write_text("#!/bin/sh\necho 1.29.2\n")
     fake.chmod(0o755)
-    write_inventory(qp.inventory, app=qp.app, sshd=qp.sshd, ops_root=qp.ops_root,
-                    origin=qp.origin, compose=[str(fake)])
+    write_inventory(
+        qp.inventory,
+        app=qp.app,
+        sshd=qp.sshd,
+        ops_root=qp.ops_root,
+        origin=qp.origin,
+        compose=[str(fake)],
+    )
     result = qp.fab("deploy", qp.app, "prod")
     assert result.returncode == 4, result.stderr
     assert "version 1.29.2" in result.stderr and "Compose 2.0 or newer" in result.stderr
@@ -228,8 +259,14 @@ def test_old_compose_on_the_host_is_refused_naming_the_version(qp: DeployEnv, tm
 
 
 def test_low_disk_is_refused_before_anything_changes(qp: DeployEnv):
-    write_inventory(qp.inventory, app=qp.app, sshd=qp.sshd, ops_root=qp.ops_root,
-                    origin=qp.origin, min_free_mb=10**9)
+    write_inventory(
+        qp.inventory,
+        app=qp.app,
+        sshd=qp.sshd,
+        ops_root=qp.ops_root,
+        origin=qp.origin,
+        min_free_mb=10**9,
+    )
     result = qp.fab("deploy", qp.app, "prod")
     assert result.returncode == 4
     assert "MB free under" in result.stderr and "1000000000 MB" in result.stderr
@@ -245,13 +282,15 @@ def test_missing_secrets_file_is_refused(qp: DeployEnv):
 
 def test_host_user_and_key_text_come_from_the_environment(qp: DeployEnv, tmp_path: Path):
     """The CD pipeline's way: TESTHOST_HOST/_USER/_SSH_KEY (CVM_* for host cvm)."""
-    write_inventory(qp.inventory, app=qp.app, sshd=qp.sshd, ops_root=qp.ops_root,
-                    origin=qp.origin)
+    write_inventory(qp.inventory, app=qp.app, sshd=qp.sshd, ops_root=qp.ops_root, origin=qp.origin)
     text = qp.inventory.read_text().replace(f'address = "{qp.sshd.host}"', 'address = "127.0.0.2"')
     text = text.replace(f'key = "{qp.sshd.client_key}"', 'key = "/nonexistent/key"')
     qp.inventory.write_text(text)
-    env = {"TESTHOST_HOST": qp.sshd.host, "TESTHOST_USER": qp.sshd.user,
-           "TESTHOST_SSH_KEY": qp.sshd.client_key.read_text()}
+    env = {
+        "TESTHOST_HOST": qp.sshd.host,
+        "TESTHOST_USER": qp.sshd.user,
+        "TESTHOST_SSH_KEY": qp.sshd.client_key.read_text(),
+    }
     result = qp.fab("health", qp.app, "prod", env=env)
     assert "does not exist" in result.stderr, result.stderr  # connected and asked docker
     assert "BEGIN" not in result.stdout + result.stderr

@@ -32,15 +32,32 @@ def inv():
 
 
 def plan(inv, env: str) -> dict[str, list[str]]:
-    run = Deploy(inv, inv.deployment("quickpulse", env), None, Options(dry_run=True, actor="t"),
-                 Reporter(quiet=True))
+    run = Deploy(
+        inv,
+        inv.deployment("quickpulse", env),
+        None,
+        Options(dry_run=True, actor="t"),
+        Reporter(quiet=True),
+    )
     return {step.name: [a.show() for a in step.plan(run)] for step in run.steps}
 
 
 def test_prod_plan_backs_up_the_data_volume_and_dev_does_not(inv):
     prod, dev = plan(inv, "prod"), plan(inv, "dev")
-    assert list(prod) == ["preflight", "lock", "configs", "remember", "backup", "source",
-                          "build", "up", "health", "rollback", "cleanup", "record"]
+    assert list(prod) == [
+        "preflight",
+        "lock",
+        "configs",
+        "remember",
+        "backup",
+        "source",
+        "build",
+        "up",
+        "health",
+        "rollback",
+        "cleanup",
+        "record",
+    ]
     backup = "\n".join(prod["backup"])
     assert "qp-prod-data" in backup
     assert dev["backup"] == []
@@ -48,8 +65,10 @@ def test_prod_plan_backs_up_the_data_volume_and_dev_does_not(inv):
 
 def test_plan_commands_are_exact_and_explicit_about_the_compose_project(inv):
     prod = plan(inv, "prod")
-    compose = ("docker compose --project-directory /opt/ops/apps/quickpulse/prod "
-               "-p quickpulse-prod -f /opt/ops/apps/quickpulse/prod/docker-compose.yml")
+    compose = (
+        "docker compose --project-directory /opt/ops/apps/quickpulse/prod "
+        "-p quickpulse-prod -f /opt/ops/apps/quickpulse/prod/docker-compose.yml"
+    )
     assert prod["build"] == [f"{compose} build --no-cache"]
     assert prod["up"] == [f"{compose} up -d --no-build --remove-orphans"]
     assert prod["source"][1] == (
@@ -61,7 +80,8 @@ def test_plan_commands_are_exact_and_explicit_about_the_compose_project(inv):
     [remember] = prod["remember"]
     assert remember.endswith(
         "{ if docker image inspect opsfab/quickpulse-prod:latest >/dev/null 2>&1; then "
-        "docker image tag opsfab/quickpulse-prod:latest opsfab/quickpulse-prod:rollback; fi; }")
+        "docker image tag opsfab/quickpulse-prod:latest opsfab/quickpulse-prod:rollback; fi; }"
+    )
 
 
 def test_ref_is_checked_before_anything_runs(inv):
@@ -73,9 +93,14 @@ def test_ref_is_checked_before_anything_runs(inv):
 
 
 def test_dry_run_cli_prints_every_step_and_needs_no_host():
-    result = subprocess.run([sys.executable, "-m", "fabric", "deploy", "quickpulse", "prod",
-                             "--dry-run"], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+    result = subprocess.run(
+        [sys.executable, "-m", "fabric", "deploy", "quickpulse", "prod", "--dry-run"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"},
+    )
     assert result.returncode == 0, result.stderr
     for number in range(1, 13):
         assert f"[{number:>2}/12]" in result.stdout
@@ -94,8 +119,9 @@ def test_unknown_app_and_env_are_refused_naming_the_choices(inv):
 def test_a_missing_template_value_is_an_error_not_an_empty_string(monkeypatch):
     import jinja2
 
-    monkeypatch.setattr(render._environment, "loader",
-                        jinja2.DictLoader({"t.j2": "listen {{ port }};\n"}))
+    monkeypatch.setattr(
+        render._environment, "loader", jinja2.DictLoader({"t.j2": "listen {{ port }};\n"})
+    )
     render._environment.cache.clear() if render._environment.cache else None
     with pytest.raises(TemplateError, match="'port' is undefined"):
         render._render("t.j2", render.PurePosixPath("/x"), {})
@@ -105,17 +131,30 @@ def test_a_missing_template_value_is_an_error_not_an_empty_string(monkeypatch):
 
 
 def good_facts() -> Facts:
-    return Facts(docker_version="20.10.24", compose_version="2.29.1", docker_root="/var/lib/docker",
-                 free_mb=50_000, shared_network=True, env_file_present=True,
-                 secret_keys=["KINGDEE_ACCT_ID", "KINGDEE_USERNAME", "KINGDEE_APP_ID",
-                              "KINGDEE_APP_SECRET", "KINGDEE_SERVER_URL"])
+    return Facts(
+        docker_version="20.10.24",
+        compose_version="2.29.1",
+        docker_root="/var/lib/docker",
+        free_mb=50_000,
+        shared_network=True,
+        env_file_present=True,
+        secret_keys=[
+            "KINGDEE_ACCT_ID",
+            "KINGDEE_USERNAME",
+            "KINGDEE_APP_ID",
+            "KINGDEE_APP_SECRET",
+            "KINGDEE_SERVER_URL",
+        ],
+    )
 
 
 def problems(inv, **changes) -> list[str]:
     facts = good_facts()
     for key, value in changes.items():
         setattr(facts, key, value)
-    return [f"{m} | {f}" for m, f in preflight_problems(inv.deployment("quickpulse", "prod"), facts)]
+    return [
+        f"{m} | {f}" for m, f in preflight_problems(inv.deployment("quickpulse", "prod"), facts)
+    ]
 
 
 def test_good_host_passes_preflight(inv):
@@ -133,7 +172,9 @@ def test_old_compose_is_refused_naming_the_version_found(inv):
 
 
 def test_missing_compose_is_refused(inv):
-    [p] = problems(inv, compose_version=None, compose_error="docker: 'compose' is not a docker command.")
+    [p] = problems(
+        inv, compose_version=None, compose_error="docker: 'compose' is not a docker command."
+    )
     assert "`docker compose` is not usable" in p and "'compose' is not a docker command" in p
 
 
@@ -150,8 +191,10 @@ def test_missing_secrets_file_and_keys_are_refused_by_name_only(inv):
 
 
 def test_lock_error_names_holder_and_start_time(inv):
-    err = lock_error(inv.deployment("quickpulse", "prod"),
-                     '{"who": "ci@runner", "since": "2026-12-03T09:00:00Z", "id": "d1"}')
+    err = lock_error(
+        inv.deployment("quickpulse", "prod"),
+        '{"who": "ci@runner", "since": "2026-12-03T09:00:00Z", "id": "d1"}',
+    )
     assert "locked by ci@runner since 2026-12-03T09:00:00Z" in err.message
 
 
@@ -178,24 +221,41 @@ class ScriptedHost(Target):
 
 def probe_output(repo_head: str | None = "a" * 40, image: bool = True) -> str:
     sections = {
-        "docker": (0, "20.10.24"), "compose": (0, "2.29.1"),
-        "disk": (0, "/var/lib/docker\nFS 1K-blocks Used Available Use% Mounted\n/dev/x 1 1 99999999 1% /"),
-        "network": (0, "ops-infra"), "lock": (1, "No such file"),
-        "repo": (0, repo_head) if repo_head else (128, "fatal"), "proxy": (1, ""),
-        "secrets": (0, "KINGDEE_ACCT_ID\nKINGDEE_USERNAME\nKINGDEE_APP_ID\nKINGDEE_APP_SECRET\nKINGDEE_SERVER_URL"),
+        "docker": (0, "20.10.24"),
+        "compose": (0, "2.29.1"),
+        "disk": (
+            0,
+            "/var/lib/docker\nFS 1K-blocks Used Available Use% Mounted\n/dev/x 1 1 99999999 1% /",
+        ),
+        "network": (0, "ops-infra"),
+        "lock": (1, "No such file"),
+        "repo": (0, repo_head) if repo_head else (128, "fatal"),
+        "proxy": (1, ""),
+        "secrets": (
+            0,
+            "KINGDEE_ACCT_ID\nKINGDEE_USERNAME\nKINGDEE_APP_ID\nKINGDEE_APP_SECRET\nKINGDEE_SERVER_URL",
+        ),
         "image opsfab/quickpulse-dev:latest": (0, "sha256:old") if image else (1, ""),
         "rollback opsfab/quickpulse-dev:latest": (1, ""),
         "container quickpulse-dev": (0, HEALTHY.replace("new", "old")),
-        "volume qp-dev-data": (0, "qp-dev-data"), "hashes": (1, ""),
+        "volume qp-dev-data": (0, "qp-dev-data"),
+        "hashes": (1, ""),
     }
     return "".join(f"@@opsfab {k}\n{out}\n@@opsfab-rc {rc}\n" for k, (rc, out) in sections.items())
 
 
 def run_with(inv, rules, repo_head="a" * 40) -> tuple[ScriptedHost, Deploy, Exception | None]:
-    host = ScriptedHost([(r"^echo '@@opsfab docker'", 0, probe_output(repo_head)),
-                         (r"tar -tzf", 0, "3\n"), *rules,
-                         (r"rev-parse HEAD$", 0, "b" * 40 + "\n")])
-    run = Deploy(inv, inv.deployment("quickpulse", "dev"), host, Options(actor="t"), Reporter(quiet=True))
+    host = ScriptedHost(
+        [
+            (r"^echo '@@opsfab docker'", 0, probe_output(repo_head)),
+            (r"tar -tzf", 0, "3\n"),
+            *rules,
+            (r"rev-parse HEAD$", 0, "b" * 40 + "\n"),
+        ]
+    )
+    run = Deploy(
+        inv, inv.deployment("quickpulse", "dev"), host, Options(actor="t"), Reporter(quiet=True)
+    )
     error = None
     try:
         run.execute()
@@ -211,10 +271,24 @@ def ran(host: ScriptedHost, pattern: str) -> list[str]:
 def test_healthy_deploy_runs_the_steps_in_order_and_releases_the_lock(inv):
     host, run, error = run_with(inv, [(r"container inspect --format '\{\{\.Name", 0, HEALTHY)])
     assert error is None
-    order = [ran(host, p)[0] for p in ("@@opsfab docker", r"mkdir /opt/ops/locks/", "tar -xf",
-                                       "update-ref refs/opsfab/rollback HEAD",                                        "reset --hard origin/develop", "build --no-cache", "up -d",
-                                       "image prune", "deploy.log", r"rm -rf -- /opt/ops/locks")]
-    assert [host.stats.log.index(c) for c in order] == sorted(host.stats.log.index(c) for c in order)
+    order = [
+        ran(host, p)[0]
+        for p in (
+            "@@opsfab docker",
+            r"mkdir /opt/ops/locks/",
+            "tar -xf",
+            "update-ref refs/opsfab/rollback HEAD",
+            "reset --hard origin/develop",
+            "build --no-cache",
+            "up -d",
+            "image prune",
+            "deploy.log",
+            r"rm -rf -- /opt/ops/locks",
+        )
+    ]
+    assert [host.stats.log.index(c) for c in order] == sorted(
+        host.stats.log.index(c) for c in order
+    )
     assert run.last_record["result"] == "ok"
     assert not ran(host, "refs/opsfab/rollback --")  # no rollback
 
@@ -228,24 +302,39 @@ def test_health_failure_rolls_back_configs_commit_and_images_then_checks_health(
                 return Result(command, next(polls, HEALTHY), "", 0)
             return super()._run(command, timeout=timeout, stream=stream)
 
-    host = Host([(r"^echo '@@opsfab docker'", 0, probe_output()), (r"tar -tzf", 0, "3\n"),
-                 (r"rev-parse HEAD$", 0, "b" * 40)])
-    run = Deploy(inv, inv.deployment("quickpulse", "dev"), host, Options(actor="t"), Reporter(quiet=True))
+    host = Host(
+        [
+            (r"^echo '@@opsfab docker'", 0, probe_output()),
+            (r"tar -tzf", 0, "3\n"),
+            (r"rev-parse HEAD$", 0, "b" * 40),
+        ]
+    )
+    run = Deploy(
+        inv, inv.deployment("quickpulse", "dev"), host, Options(actor="t"), Reporter(quiet=True)
+    )
     with pytest.raises(DeployFailed, match="failed at health") as err:
         run.execute()
     assert "rolled back: commit aaaaaaaaaaaa is running again" in err.value.message
-    after = host.stats.log[host.stats.log.index(ran(host, "up -d")[0]) + 1:]
+    after = host.stats.log[host.stats.log.index(ran(host, "up -d")[0]) + 1 :]
     assert any("docker-compose.yml.prev" in c for c in after)
     assert any("reset --hard refs/opsfab/rollback" in c for c in after)
-    assert any(c == "docker image tag opsfab/quickpulse-dev:rollback opsfab/quickpulse-dev:latest" for c in after)
+    assert any(
+        c == "docker image tag opsfab/quickpulse-dev:rollback opsfab/quickpulse-dev:latest"
+        for c in after
+    )
     assert len(ran(host, "up -d --no-build")) == 2
     assert run.last_record["result"] == "rolled-back" and ran(host, r"rm -rf -- /opt/ops/locks")
     assert not ran(host, "image prune")
 
 
 def test_build_failure_rolls_back_without_recreating_containers(inv):
-    host, run, error = run_with(inv, [(r"build --no-cache", 1, "boom"),
-                                      (r"container inspect --format '\{\{\.Name", 0, HEALTHY)])
+    host, run, error = run_with(
+        inv,
+        [
+            (r"build --no-cache", 1, "boom"),
+            (r"container inspect --format '\{\{\.Name", 0, HEALTHY),
+        ],
+    )
     assert isinstance(error, DeployFailed) and "failed at build" in error.message
     assert not ran(host, "up -d")
     assert ran(host, "reset --hard refs/opsfab/rollback")
@@ -261,9 +350,12 @@ def test_first_deploy_failure_has_nothing_to_roll_back_and_says_so(inv):
 
 
 def test_preflight_refusal_changes_nothing(inv):
-    host = ScriptedHost([(r"^echo '@@opsfab docker'", 0,
-                          probe_output().replace("2.29.1", "1.29.2"))])
-    run = Deploy(inv, inv.deployment("quickpulse", "dev"), host, Options(actor="t"), Reporter(quiet=True))
+    host = ScriptedHost(
+        [(r"^echo '@@opsfab docker'", 0, probe_output().replace("2.29.1", "1.29.2"))]
+    )
+    run = Deploy(
+        inv, inv.deployment("quickpulse", "dev"), host, Options(actor="t"), Reporter(quiet=True)
+    )
     with pytest.raises(PreflightError, match="1.29.2"):
         run.execute()
     assert len(host.stats.log) == 1 and host.uploads == []

@@ -36,19 +36,32 @@ class DeployEnv:
     def image(self, env: str = "prod") -> str:
         return f"opsfab/{self.app}-{env}:latest"
 
-    def fab(self, *args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    def fab(
+        self, *args: str, env: dict | None = None, timeout: int = 600
+    ) -> subprocess.CompletedProcess:
         """Run the real command line, as an operator would."""
         environ = {**os.environ, "OPSFAB_INVENTORY": str(self.inventory), **(env or {})}
         environ.pop("OPSFAB_DEBUG", None)
         return subprocess.run(
             [sys.executable, "-m", "fabric", *args],
-            cwd=REPO_ROOT, env=environ, capture_output=True, text=True, timeout=timeout,
+            cwd=REPO_ROOT,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def health_body(self, env: str = "prod") -> str:
         """GET /health from inside the container (no traffic leaves loopback)."""
-        result = docker("exec", self.container(env), "wget", "-q", "-O-",
-                        f"http://127.0.0.1:{APP_PORT}/health", check=False)
+        result = docker(
+            "exec",
+            self.container(env),
+            "wget",
+            "-q",
+            "-O-",
+            f"http://127.0.0.1:{APP_PORT}/health",
+            check=False,
+        )
         return result.stdout.strip()
 
     def inspect(self, name: str, fmt: str) -> str:
@@ -62,8 +75,9 @@ class DeployEnv:
 
     def repo_head(self, env: str = "prod") -> str:
         repo = self.ops_root / "apps" / self.app / env / "repo"
-        return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"],
-                              capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
 
 
 def write_inventory(
@@ -128,7 +142,8 @@ env_file = true
 volumes = {{ "{app}-{{env}}-data" = "/app/data", "{app}-{{env}}-reports" = "/app/reports" }}
 networks = ["{app}-{{env}}-net", "{shared}"]
 stop_grace_period = 2
-health = {{ http = "/health", probe = "wget", interval = 1, timeout = 2, retries = 2, start_period = 0 }}
+health = {{ http = "/health", probe = "wget", interval = 1, timeout = 2, retries = 2, \
+start_period = 0 }}
 """)
     return path
 
