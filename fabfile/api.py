@@ -108,4 +108,37 @@ def render(app: str, env: str, out: Path, *, inventory: Inventory | None = None)
     return write_tree(files, out, d.ops_root)
 
 
-__all__ = ["OpsfabError", "deploy", "rollback", "health", "history", "unlock", "render", "load"]
+# The operator tasks' functions, so that one import serves a runbook.
+from .operate import (  # noqa: E402
+    backup,
+    backup_all,
+    backups,
+    bootstrap,
+    doctor,
+    logs,
+    restore,
+    secrets_check,
+    secrets_push,
+    status,
+)
+
+__all__ = [
+    "OpsfabError",
+    "backup",
+    "backup_all",
+    "backups",
+    "bootstrap",
+    "deploy",
+    "doctor",
+    "health",
+    "history",
+    "load",
+    "logs",
+    "render",
+    "restore",
+    "rollback",
+    "secrets_check",
+    "secrets_push",
+    "status",
+    "unlock",
+]

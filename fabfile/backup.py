@@ -119,21 +119,34 @@ def recipe(d: Deployment) -> list[Item]:
         service = _service(d, by_name, name, "databases")
         env = service.environment
         user = env.get("POSTGRES_USER", "postgres")
-        items.append(Item("postgres", name, container=service.container, user=user,
-                          database=env.get("POSTGRES_DB", user)))
+        items.append(
+            Item(
+                "postgres",
+                name,
+                container=service.container,
+                user=user,
+                database=env.get("POSTGRES_DB", user),
+            )
+        )
     for name, path in sorted(spec.sqlite.items()):
         service = _service(d, by_name, name, "sqlite")
-        items.append(Item("sqlite", name, container=service.container,
-                          image=service.image, path=path))
+        items.append(
+            Item("sqlite", name, container=service.container, image=service.image, path=path)
+        )
     return items
 
 
 def _service(d: Deployment, by_name: dict, name: str, key: str):
     if name not in by_name:
-        raise InventoryError(str(d.app_name), [(
-            f"apps.{d.app_name}.backup.{key}",
-            f"no service {name!r}; use one of: {', '.join(sorted(by_name))}",
-        )])
+        raise InventoryError(
+            str(d.app_name),
+            [
+                (
+                    f"apps.{d.app_name}.backup.{key}",
+                    f"no service {name!r}; use one of: {', '.join(sorted(by_name))}",
+                )
+            ],
+        )
     return by_name[name]
 
 
@@ -161,8 +174,11 @@ def new_job(d: Deployment, kind: str, set_id: str | None = None) -> Job:
 def retention(inventory: Inventory, kind: str) -> int | None:
     """How many sets of a kind to keep per deployment; None keeps them all (manual)."""
     schedule = inventory.infra.backup if inventory.infra else BackupSchedule()
-    return {"daily": schedule.keep_daily, "weekly": schedule.keep_weekly,
-            "deploy": schedule.keep_deploy}.get(kind)
+    return {
+        "daily": schedule.keep_daily,
+        "weekly": schedule.keep_weekly,
+        "deploy": schedule.keep_deploy,
+    }.get(kind)
 
 
 # -- the commands -------------------------------------------------------------------
@@ -176,10 +192,13 @@ def dump_script(job: Job) -> str:
 def dump_sections(job: Job) -> list[tuple[str, str]]:
     folder = str(job.folder)
     # umask first: every file of the set is created mode 600, in a mode 700 folder.
-    items = [("prepare", "umask 077 && " + line(["mkdir", "-p", folder], ["chmod", "700", folder]))]
+    items = [
+        ("prepare", "umask 077 && " + line(["mkdir", "-p", folder], ["chmod", "700", folder]))
+    ]
     for item in job.items:
-        items += [(f"{item.label} {label}", command)
-                  for label, command in _item_sections(job, item)]
+        items += [
+            (f"{item.label} {label}", command) for label, command in _item_sections(job, item)
+        ]
     items.append(("list", line(["ls", "-1A", folder])))
     return items
 
@@ -189,37 +208,80 @@ def _item_sections(job: Job, item: Item) -> list[tuple[str, str]]:
     out = " > " + shlex.quote(partial)
     size = ("size", line(["stat", "-c", "%s", partial]))
     if item.kind == "volume":
-        tar = ["docker", "run", "--rm", "--network", "none", "--user", "0:0",
-               "--entrypoint", "tar", "-v", f"{item.name}:/data:ro", item.image,
-               "-czf", "-", "-C", "/data", "."]
-        return [("dump", line(tar) + out), size,
-                ("gzip", line(["gzip", "-t", partial])),
-                ("entries", line(["tar", "-tzf", partial]) + " | wc -l")]
+        tar = [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--user",
+            "0:0",
+            "--entrypoint",
+            "tar",
+            "-v",
+            f"{item.name}:/data:ro",
+            item.image,
+            "-czf",
+            "-",
+            "-C",
+            "/data",
+            ".",
+        ]
+        return [
+            ("dump", line(tar) + out),
+            size,
+            ("gzip", line(["gzip", "-t", partial])),
+            ("entries", line(["tar", "-tzf", partial]) + " | wc -l"),
+        ]
     if item.kind == "postgres":
         exec_ = ["docker", "exec", item.container]
-        dump = [*exec_, "pg_dump", "-U", item.user, "-d", item.database,
-                "--clean", "--if-exists", "--no-owner"]
-        return [("dump", line(dump) + out), size,
-                ("complete", line(["tail", "-n", "5", partial]) + " | "
-                 + line(["grep", "-c", PG_COMPLETE])),
-                ("dumped", line(["grep", "-c", "^CREATE TABLE ", partial])),
-                ("tables", line([*exec_, "psql", "-U", item.user, "-d", item.database,
-                                 "-AtX", "-c", PG_TABLES]))]
+        dump = [
+            *exec_,
+            "pg_dump",
+            "-U",
+            item.user,
+            "-d",
+            item.database,
+            "--clean",
+            "--if-exists",
+            "--no-owner",
+        ]
+        return [
+            ("dump", line(dump) + out),
+            size,
+            (
+                "complete",
+                line(["tail", "-n", "5", partial]) + " | " + line(["grep", "-c", PG_COMPLETE]),
+            ),
+            ("dumped", line(["grep", "-c", "^CREATE TABLE ", partial])),
+            (
+                "tables",
+                line(
+                    [*exec_, "psql", "-U", item.user, "-d", item.database, "-AtX", "-c", PG_TABLES]
+                ),
+            ),
+        ]
     inside = f"/tmp/opsfab-{job.set_id}.db"
     sqlite = ["docker", "exec", item.container, "sqlite3"]
-    return [("copy", line([*sqlite, item.path, f".backup '{inside}'"])),
-            ("integrity", line([*sqlite, inside, "PRAGMA integrity_check"])),
-            ("tables", line([*sqlite, item.path, SQLITE_TABLES])),
-            ("copied", line([*sqlite, inside, SQLITE_TABLES])),
-            ("fetch", line(["docker", "exec", item.container, "cat", inside]) + out),
-            ("cleanup", line(["docker", "exec", item.container, "rm", "-f", inside])),
-            size]
+    return [
+        ("copy", line([*sqlite, item.path, f".backup '{inside}'"])),
+        ("integrity", line([*sqlite, inside, "PRAGMA integrity_check"])),
+        ("tables", line([*sqlite, item.path, SQLITE_TABLES])),
+        ("copied", line([*sqlite, inside, SQLITE_TABLES])),
+        ("fetch", line(["docker", "exec", item.container, "cat", inside]) + out),
+        ("cleanup", line(["docker", "exec", item.container, "rm", "-f", inside])),
+        size,
+    ]
 
 
 def verify(job: Job, raw: dict[str, tuple[int, str]]) -> list[Verified]:
     """Judge each item from the dump script's output; never reads a dump's content."""
-    return [_verify(item, {k.split(" ", 1)[1]: v for k, v in raw.items()
-                           if k.startswith(item.label + " ")}) for item in job.items]
+    return [
+        _verify(
+            item, {k.split(" ", 1)[1]: v for k, v in raw.items() if k.startswith(item.label + " ")}
+        )
+        for item in job.items
+    ]
 
 
 def _verify(item: Item, facts: dict[str, tuple[int, str]]) -> Verified:
@@ -240,7 +302,10 @@ def _verify(item: Item, facts: dict[str, tuple[int, str]]) -> Verified:
         if rc("gzip") != 0 or entries < 1:
             return Verified(item, False, "the archive does not read back")
         return Verified(item, True, f"{entries} entries, {_size(size)}")
-    tables, dumped = _int(out("tables")), _int(out("dumped" if item.kind == "postgres" else "copied"))
+    tables, dumped = (
+        _int(out("tables")),
+        _int(out("dumped" if item.kind == "postgres" else "copied")),
+    )
     if item.kind == "postgres" and _int(out("complete")) < 1:
         return Verified(item, False, f"the dump is incomplete: no '{PG_COMPLETE}' at its end")
     if item.kind == "sqlite" and out("integrity") != "ok":
@@ -248,8 +313,9 @@ def _verify(item: Item, facts: dict[str, tuple[int, str]]) -> Verified:
     if tables < 0:
         return Verified(item, False, f"could not count the tables: {_tail(out('tables'))}")
     if dumped != tables:
-        return Verified(item, False, f"the dump lists {max(dumped, 0)} tables, "
-                                     f"the database holds {tables}")
+        return Verified(
+            item, False, f"the dump lists {max(dumped, 0)} tables, the database holds {tables}"
+        )
     return Verified(item, True, f"{tables} tables, {_size(size)}")
 
 
@@ -316,9 +382,11 @@ def run(target: Target, job: Job, keep: int | None = None) -> Result:
         return Result(job)
     raw = probe.parse(target.run(dump_script(job), check=False).stdout)
     if raw.get("prepare", (1, ""))[0] != 0:
-        raise BackupError(f"cannot create {job.folder} on {target.name}: "
-                          f"{_tail(raw.get('prepare', (1, ''))[1])}",
-                          "check the ops root's owner and free disk space")
+        raise BackupError(
+            f"cannot create {job.folder} on {target.name}: "
+            f"{_tail(raw.get('prepare', (1, ''))[1])}",
+            "check the ops root's owner and free disk space",
+        )
     checks = verify(job, raw)
     bad = [c for c in checks if not c.ok]
     if bad:
@@ -331,20 +399,27 @@ def run(target: Target, job: Job, keep: int | None = None) -> Result:
         )
     prune, pruned = prune_line(job, raw.get("list", (0, ""))[1], keep)
     target.run(" && ".join(p for p in (keep_line(job), prune) if p))
-    return Result(job, [i.file(job.set_id) for i in job.items],
-                  [f"{c.item.label}: {c.detail}" for c in checks], pruned)
+    return Result(
+        job,
+        [i.file(job.set_id) for i in job.items],
+        [f"{c.item.label}: {c.detail}" for c in checks],
+        pruned,
+    )
 
 
 def backup(target: Target, inventory: Inventory, d: Deployment, kind: str = "manual") -> Result:
     job = new_job(d, kind)
     if not job.items:
-        raise UsageError(f"{d.app_name} has no backup recipe",
-                         f"add volumes, databases or sqlite to [apps.{d.app_name}.backup]")
+        raise UsageError(
+            f"{d.app_name} has no backup recipe",
+            f"add volumes, databases or sqlite to [apps.{d.app_name}.backup]",
+        )
     return run(target, job, retention(inventory, kind))
 
 
-def backup_all(target_for, inventory: Inventory, kind: str,
-               report=print) -> tuple[list[Result], list[tuple[str, OpsfabError]]]:
+def backup_all(
+    target_for, inventory: Inventory, kind: str, report=print
+) -> tuple[list[Result], list[tuple[str, OpsfabError]]]:
     """Back up every deployment the schedule covers; one failure does not stop the rest."""
     if kind not in ("daily", "weekly"):
         raise UsageError(f"--kind {kind!r}: backup.all takes daily or weekly", "--kind daily")
@@ -380,25 +455,32 @@ def find_set(target: Target, d: Deployment, set_id: str) -> tuple[str, list[str]
     """(kind, file names) of a set of this deployment, looked up in every kind's folder."""
     set_id = posixpath.basename(set_id.rstrip("/")).split(".", 1)[0]
     if not re.fullmatch(rf"{re.escape(d.name)}-{STAMP}", set_id):
-        raise UsageError(f"{set_id!r} is not a backup of {d.name}",
-                         f"give a set id like {d.name}-20260101T030000Z (fab backup.list)")
+        raise UsageError(
+            f"{set_id!r} is not a backup of {d.name}",
+            f"give a set id like {d.name}-20260101T030000Z (fab backup.list)",
+        )
     folders = [str(backup_folder(d, k)) for k in KINDS]
-    script = probe.script([(k, line(["ls", "-1A", f])) for k, f in zip(KINDS, folders, strict=True)])
+    script = probe.script(
+        [(k, line(["ls", "-1A", f])) for k, f in zip(KINDS, folders, strict=True)]
+    )
     raw = probe.parse(target.run(script, check=False).stdout)
     for kind in KINDS:
         files = sets_in(raw.get(kind, (1, ""))[1], d).get(set_id)
         if files:
             return kind, sorted(files)
-    raise UsageError(f"no backup {set_id} on {d.host_name}",
-                     f"fab backup.list {d.app_name} {d.env} shows the sets there")
+    raise UsageError(
+        f"no backup {set_id} on {d.host_name}",
+        f"fab backup.list {d.app_name} {d.env} shows the sets there",
+    )
 
 
 def list_sets(target: Target, d: Deployment) -> list[tuple[str, str, list[str]]]:
     """(kind, set id, files) of every backup of the deployment, newest first."""
     script = probe.script([(k, line(["ls", "-1A", str(backup_folder(d, k))])) for k in KINDS])
     raw = probe.parse(target.run(script, check=False).stdout)
-    sets = [(k, s, sorted(f)) for k in KINDS
-            for s, f in sets_in(raw.get(k, (1, ""))[1], d).items()]
+    sets = [
+        (k, s, sorted(f)) for k in KINDS for s, f in sets_in(raw.get(k, (1, ""))[1], d).items()
+    ]
     return sorted(sets, key=lambda t: _stamp_of(t[1]), reverse=True)
 
 
@@ -407,8 +489,10 @@ def restore_plan(d: Deployment, kind: str, set_id: str, files: list[str]) -> lis
     job = Job(d, kind, set_id, recipe(d))
     present = [i for i in job.items if i.file(set_id) in files]
     if not present:
-        raise UsageError(f"{set_id} holds nothing the recipe of {d.app_name} knows",
-                         "restore it by hand from " + str(job.folder))
+        raise UsageError(
+            f"{set_id} holds nothing the recipe of {d.app_name} knows",
+            "restore it by hand from " + str(job.folder),
+        )
     databases = {i.container for i in present if i.kind == "postgres"}
     stop = [s.container for s in d.services if s.container not in databases]
     commands = [line(["docker", "stop", *stop])] if stop else []
@@ -424,16 +508,63 @@ def _restore_item(job: Job, item: Item) -> str:
     if item.kind == "volume":
         # The volume is emptied first, so files deleted since the backup do not stay.
         script = "find /data -mindepth 1 -maxdepth 1 -exec rm -rf {} + && tar -xzf - -C /data"
-        restore = ["docker", "run", "--rm", "-i", "--network", "none", "--user", "0:0",
-                   "--entrypoint", "sh", "-v", f"{item.name}:/data", item.image, "-c", script]
+        restore = [
+            "docker",
+            "run",
+            "--rm",
+            "-i",
+            "--network",
+            "none",
+            "--user",
+            "0:0",
+            "--entrypoint",
+            "sh",
+            "-v",
+            f"{item.name}:/data",
+            item.image,
+            "-c",
+            script,
+        ]
         return check + " && " + line(restore) + " < " + shlex.quote(path)
     if item.kind == "postgres":
-        psql = ["docker", "exec", "-i", item.container, "psql", "-U", item.user, "-d",
-                item.database, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"]
+        psql = [
+            "docker",
+            "exec",
+            "-i",
+            item.container,
+            "psql",
+            "-U",
+            item.user,
+            "-d",
+            item.database,
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--single-transaction",
+        ]
         return check + " && " + line(["gunzip", "-c", path]) + " | " + line(psql) + " >/dev/null"
     # Through the stopped container's volumes; a stale -wal would be replayed over it.
-    script = 'cat > "$1.opsfab-restore" && mv -f "$1.opsfab-restore" "$1" && rm -f "$1-wal" "$1-shm"'
-    restore = ["docker", "run", "--rm", "-i", "--network", "none", "--user", "0:0",
-               "--volumes-from", item.container, "--entrypoint", "sh", item.image,
-               "-c", script, "sh", item.path]
+    script = (
+        'cat > "$1.opsfab-restore" && mv -f "$1.opsfab-restore" "$1" && rm -f "$1-wal" "$1-shm"'
+    )
+    restore = [
+        "docker",
+        "run",
+        "--rm",
+        "-i",
+        "--network",
+        "none",
+        "--user",
+        "0:0",
+        "--volumes-from",
+        item.container,
+        "--entrypoint",
+        "sh",
+        item.image,
+        "-c",
+        script,
+        "sh",
+        item.path,
+    ]
     return check + " && " + line(["gunzip", "-c", path]) + " | " + line(restore)

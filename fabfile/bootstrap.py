@@ -27,9 +27,14 @@ class Change:
 def folders(host: Host, deployments: list[Deployment]) -> dict[str, str]:
     """Every folder the host needs -> its mode (octal text, as stat prints it)."""
     root = PurePosixPath(host.ops_root)
-    wanted = {str(root): "755", str(root / "apps"): "755", str(root / "locks"): "755",
-              str(root / host.conf_dir): "755", str(root / "secrets"): "700",
-              str(root / "backups"): "700"}
+    wanted = {
+        str(root): "755",
+        str(root / "apps"): "755",
+        str(root / "locks"): "755",
+        str(root / host.conf_dir): "755",
+        str(root / "secrets"): "700",
+        str(root / "backups"): "700",
+    }
     for d in deployments:
         wanted[str(d.deploy_dir.parent)] = "755"
         wanted[str(d.deploy_dir)] = "755"
@@ -57,9 +62,11 @@ def plan(target: Target, inventory: Inventory, host_name: str) -> list[Change]:
     if raw.get("docker", (1, ""))[0] != 0:
         from .errors import OpsfabError
 
-        raise OpsfabError(f"docker does not answer on {host_name}: "
-                          f"{raw.get('docker', (1, ''))[1].strip()[:200]}",
-                          f"install Docker Engine and let {host.user} use it")
+        raise OpsfabError(
+            f"docker does not answer on {host_name}: "
+            f"{raw.get('docker', (1, ''))[1].strip()[:200]}",
+            f"install Docker Engine and let {host.user} use it",
+        )
     modes = {}
     for row in raw.get("stat", (1, ""))[1].splitlines():
         mode, _, path = row.partition(" ")
@@ -68,9 +75,23 @@ def plan(target: Target, inventory: Inventory, host_name: str) -> list[Change]:
     changes += _docker_changes(host, deployments, raw)
     for d in deployments:
         if str(d.repo_dir / ".git") not in modes:
-            changes.append(Change(f"clone {d.app.repo} ({d.branch}) into {d.repo_dir}", line(
-                ["git", "clone", "--quiet", "--branch", d.branch, "--", d.app.repo,
-                 str(d.repo_dir)])))
+            changes.append(
+                Change(
+                    f"clone {d.app.repo} ({d.branch}) into {d.repo_dir}",
+                    line(
+                        [
+                            "git",
+                            "clone",
+                            "--quiet",
+                            "--branch",
+                            d.branch,
+                            "--",
+                            d.app.repo,
+                            str(d.repo_dir),
+                        ]
+                    ),
+                )
+            )
     return changes
 
 
@@ -78,11 +99,16 @@ def _folder_changes(wanted: dict[str, str], modes: dict[str, str]) -> list[Chang
     changes = []
     for path, mode in wanted.items():
         if path not in modes:
-            changes.append(Change(f"create {path} (mode {mode})",
-                                  line(["mkdir", "-p", "-m", mode, path], ["chmod", mode, path])))
+            changes.append(
+                Change(
+                    f"create {path} (mode {mode})",
+                    line(["mkdir", "-p", "-m", mode, path], ["chmod", mode, path]),
+                )
+            )
         elif modes[path] != mode:
-            changes.append(Change(f"mode of {path}: {modes[path]} -> {mode}",
-                                  line(["chmod", mode, path])))
+            changes.append(
+                Change(f"mode of {path}: {modes[path]} -> {mode}", line(["chmod", mode, path]))
+            )
     return changes
 
 
@@ -91,28 +117,60 @@ def _docker_changes(host: Host, deployments: list[Deployment], raw: dict) -> lis
     volumes = set(raw.get("volumes", (1, ""))[1].split())
     changes = []
     if host.shared_network not in networks:
-        changes.append(Change(f"create network {host.shared_network} (shared with nginx)",
-                              line(["docker", "network", "create", host.shared_network])))
+        changes.append(
+            Change(
+                f"create network {host.shared_network} (shared with nginx)",
+                line(["docker", "network", "create", host.shared_network]),
+            )
+        )
         networks.add(host.shared_network)
     for d in deployments:
         project = ["--label", f"com.docker.compose.project={d.name}"]
         for network in d.networks:
             if network not in networks:
                 networks.add(network)
-                changes.append(Change(f"create network {network}", line(
-                    ["docker", "network", "create", *project,
-                     "--label", f"com.docker.compose.network={network}", network])))
+                changes.append(
+                    Change(
+                        f"create network {network}",
+                        line(
+                            [
+                                "docker",
+                                "network",
+                                "create",
+                                *project,
+                                "--label",
+                                f"com.docker.compose.network={network}",
+                                network,
+                            ]
+                        ),
+                    )
+                )
         for volume in sorted({v for s in d.services for v in s.volumes}):
             if volume not in volumes:
                 volumes.add(volume)
-                changes.append(Change(f"create volume {volume}", line(
-                    ["docker", "volume", "create", *project,
-                     "--label", f"com.docker.compose.volume={volume}", volume])))
+                changes.append(
+                    Change(
+                        f"create volume {volume}",
+                        line(
+                            [
+                                "docker",
+                                "volume",
+                                "create",
+                                *project,
+                                "--label",
+                                f"com.docker.compose.volume={volume}",
+                                volume,
+                            ]
+                        ),
+                    )
+                )
     return changes
 
 
 def apply(target: Target, changes: list[Change]) -> None:
     """Run the changes in order; folders first, since clones need them."""
     if changes:
-        target.run(" && ".join(c.command for c in changes),
-                   fix="read the failing command above; bootstrap may be run again")
+        target.run(
+            " && ".join(c.command for c in changes),
+            fix="read the failing command above; bootstrap may be run again",
+        )

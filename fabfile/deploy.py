@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import io
 import json
 import os
 import re
@@ -22,8 +23,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from . import backup, configs, health, probe
-from .errors import DeployFailed, LockHeld, OpsfabError, PreflightError, UsageError
+from dotenv.parser import parse_stream
+
+from . import backup, configs, health, probe, secretsync
+from .errors import (
+    DeployFailed,
+    LockHeld,
+    OpsfabError,
+    PreflightError,
+    RemoteCommandError,
+    UsageError,
+)
 from .inventory import Deployment, Inventory
 from .output import Reporter
 from .render import RenderedFile, render_deployment
@@ -32,7 +42,11 @@ from .target import Target, line
 MIN_DOCKER = (20, 10)
 MIN_COMPOSE = (2, 0)
 REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/^~-]{0,199}$")
-ROLLBACK_REF = "refs/opsfab/rollback"
+ROLLBACK_REF = probe.ROLLBACK_REF
+CURRENT_REF = probe.CURRENT_REF
+PREV_REF = "refs/opsfab/rollback-prev"  # the rollback point before this deploy, restored on failure
+LOCK_WRITE_FAILED = 70
+MIN_OPS_FREE_MB = 100
 ROLLBACK_STEPS = {"source", "build", "up", "health"}
 
 
@@ -167,7 +181,18 @@ class Deploy:
 
     @property
     def can_roll_back(self) -> bool:
-        return self.facts is not None and self.facts.repo_head is not None
+        """Something ran before: a clone, and a container of every built service."""
+        facts = self.facts
+        return (
+            facts is not None
+            and facts.repo_head is not None
+            and all(s.container in facts.containers for s in self.d.built_services)
+        )
+
+    @property
+    def running_commit(self) -> str | None:
+        facts = self.facts
+        return (facts.current_commit or facts.repo_head) if facts else None
 
     # -- the two ways to run ----------------------------------------------------------
 
@@ -200,10 +225,14 @@ class Deploy:
                 started = time.perf_counter()
                 try:
                     outcome, detail = step.run(self) if step.run else self._run_plan(step)
-                except OpsfabError as exc:
+                except (OpsfabError, KeyboardInterrupt) as exc:
                     seconds = time.perf_counter() - started
                     self.timings[step.name] = round(seconds, 3)
                     self.out.step(number, total, step.name, "FAILED", seconds)
+                    if isinstance(exc, KeyboardInterrupt):
+                        exc = OpsfabError(
+                            "interrupted (Ctrl-C or SIGTERM)", "check the output above and redeploy"
+                        )
                     failed_step, error = step.name, exc
                     break
                 seconds = time.perf_counter() - started
@@ -229,16 +258,20 @@ class Deploy:
         if not locked:
             raise error
         if result == "rolled-back":
-            raise DeployFailed(
+            failure = DeployFailed(
                 f"deploy of {d.name} failed at {failed_step}: {error.message}\n"
                 f"rolled back: {self.restored}",
-                f"see `fab history {d.app_name} {d.env}` and the output above; fix and redeploy",
+                error.fix
+                or f"see `fab history {d.app_name} {d.env}` and the output above; fix and redeploy",
             )
-        detail = f"\nrollback: {self.restored}" if self.restored else ""
-        raise DeployFailed(
-            f"deploy of {d.name} failed at {failed_step}: {error.message}{detail}",
-            error.fix or f"inspect the host: fab health {d.app_name} {d.env}",
-        )
+        else:
+            detail = f"\nrollback: {self.restored}" if self.restored else ""
+            failure = DeployFailed(
+                f"deploy of {d.name} failed at {failed_step}: {error.message}{detail}",
+                error.fix or f"inspect the host: fab health {d.app_name} {d.env}",
+            )
+        failure.record = self.last_record
+        raise failure
 
     def _run_plan(self, step: Step) -> tuple[str, str]:
         actions = step.plan(self)
@@ -261,14 +294,14 @@ class Deploy:
     def _rollback(self, total: int) -> str:
         number = 10
         if not self.can_roll_back:
-            self.restored = "nothing: this was the first deploy of this deployment"
+            self.restored = "nothing: no earlier version of this deployment ever ran"
             self.out.step(number, total, "rollback", "none", 0.0, self.restored)
             return "failed"
         started = time.perf_counter()
         try:
             self.execute_actions(plan_rollback(self))
             if "up" in self.reached or "build" in self.reached:
-                states = health.wait(self.target, self.d, self.out)
+                states = health.wait(self.target, self.d, self.out, self.facts.containers)
             else:
                 states = probe.container_states(self.target, self.containers)
                 health.check_now(states, self.d)
@@ -286,7 +319,7 @@ class Deploy:
             if s.container in states
         )
         self.restored = (
-            f"commit {_short(self.facts.repo_head)} is running again ({images}), healthy"
+            f"commit {_short(self.running_commit)} is running again ({images}), healthy"
         )
         self.out.step(number, total, "rollback", "ok", seconds, self.restored)
         return "rolled-back"
@@ -296,7 +329,7 @@ class Deploy:
         the app still runs its old version, so only the configs go back."""
         started = time.perf_counter()
         try:
-            self.target.run(configs.restore_line(self.file_paths))
+            self.target.run(configs.restore_line(self.file_paths) + " && " + restore_pointers_line(self.d))
             reload = nginx_reload_actions(self)
             if reload[0].enabled and self.target.run(reload[0].line, check=False).ok:
                 self.target.run(reload[1].line)
@@ -310,7 +343,7 @@ class Deploy:
             return "failed"
         self.restored = "the previous configs are back; the running containers were not touched"
         self.out.step(10, total, "rollback", "ok", time.perf_counter() - started, self.restored)
-        return "rolled-back"
+        return "failed"
 
     def _finish(
         self, total: int, result: str, failed_step: str | None, error: OpsfabError | None
@@ -392,7 +425,8 @@ def plan_preflight(run: Deploy) -> list[Action]:
 def run_preflight(run: Deploy) -> tuple[str, str]:
     d = run.d
     run.facts = facts = probe.gather(run.target, d, run.file_paths)
-    problems = preflight_problems(d, facts)
+    mask_secrets(run.target, facts)
+    problems = preflight_problems(d, facts) + env_file_problems(d, facts.env_text)
     if problems:
         raise PreflightError(problems)
     if facts.lock_holder is not None:
@@ -405,6 +439,39 @@ def run_preflight(run: Deploy) -> tuple[str, str]:
     free = f"{facts.free_mb / 1024:.1f} GB free" if facts.free_mb is not None else ""
     head = f"running {_short(facts.repo_head)}" if facts.repo_head else "first deploy"
     return "ok", f"docker {facts.docker_version}, compose {facts.compose_version}, {free}, {head}"
+
+
+def mask_secrets(target: Target, facts: probe.Facts) -> None:
+    """From now on the env file's values and the secret files never reach any output."""
+    if facts.env_text is not None:
+        target.add_secrets(secretsync.parse_host_env(facts.env_text).values())
+    target.add_secrets(facts.secret_values)
+
+
+UNESCAPED_DOLLAR = re.compile(r"(?<![\\$])\$(?![$])")
+
+
+def env_file_problems(d: Deployment, text: str | None) -> list[tuple[str, str]]:
+    """Lines compose would misread in the host's env file; named by line and key only."""
+    if text is None or text.startswith(secretsync.HEADER):
+        return []  # absent (reported above), or written by fab secrets.push: exact
+    problems = []
+    for binding in parse_stream(io.StringIO(text)):
+        where = f"{d.env_file} line {binding.original.line}"
+        if binding.error:
+            problems.append((f"{where} is not KEY=value (an unclosed quote?)", "fix that line"))
+        elif binding.key and binding.value and UNESCAPED_DOLLAR.search(binding.value):
+            raw = binding.original.string.split("=", 1)[-1].lstrip()
+            if not raw.startswith("'"):
+                problems.append(
+                    (
+                        f"{where}: the value of {binding.key} holds a '$' that compose would "
+                        "expand (and so change the value)",
+                        f"write $$ for a literal $, or push it with fab secrets.push "
+                        f"{d.app_name} {d.env}, which escapes it",
+                    )
+                )
+    return problems
 
 
 def preflight_problems(d: Deployment, facts: probe.Facts) -> list[tuple[str, str]]:
@@ -457,6 +524,14 @@ def preflight_problems(d: Deployment, facts: probe.Facts) -> list[tuple[str, str
                 "free space (docker system df; docker image prune) or lower min_free_mb",
             )
         )
+    if facts.ops_free_mb is not None and facts.ops_free_mb < MIN_OPS_FREE_MB:
+        problems.append(
+            (
+                f"only {facts.ops_free_mb} MB free for {d.ops_root} {where}; configs, the lock "
+                f"and backups need at least {MIN_OPS_FREE_MB} MB",
+                "free space on that filesystem (old backups: fab backup.list)",
+            )
+        )
     if any(s.env_file for s in d.services):
         if not facts.env_file_present:
             problems.append(
@@ -507,10 +582,8 @@ def lock_line(d: Deployment, deploy_id: str, who: str, started: datetime) -> str
         {"who": who, "since": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "id": deploy_id}
     )
     holder_file = str(d.lock_dir / "holder")
-    return (
-        line(["mkdir", "-p", str(d.lock_dir.parent)], ["mkdir", str(d.lock_dir)])
-        + " && "
-        + line(["printf", "%s\\n", holder])
+    write = (
+        line(["printf", "%s\\n", holder])
         + " > "
         + _q(holder_file)
         + " && "
@@ -518,14 +591,37 @@ def lock_line(d: Deployment, deploy_id: str, who: str, started: datetime) -> str
         + " && "
         + configs.prepare_line(d.ops_root)
     )
+    # A lock whose holder could not be written (disk full) is removed again at once.
+    return (
+        line(["mkdir", "-p", str(d.lock_dir.parent)], ["mkdir", str(d.lock_dir)])
+        + f" && {{ {write} || {{ {line(['rm', '-rf', '--', str(d.lock_dir)])}; "
+        f"exit {LOCK_WRITE_FAILED}; }}; }}"
+    )
 
 
 def run_lock(run: Deploy) -> tuple[str, str]:
-    result = run.target.run(plan_lock(run)[0].line, check=False)
-    if not result.ok:
-        holder = run.target.run(line(["cat", str(run.d.lock_dir / "holder")]), check=False)
-        raise lock_error(run.d, holder.stdout if holder.ok else "another deploy (no holder file)")
+    take_lock(run.target, run.d, plan_lock(run)[0].line)
     return "ok", str(run.d.lock_dir)
+
+
+def take_lock(target: Target, d: Deployment, command: str) -> None:
+    """Run the lock line; a refusal names the holder, or why the lock could not be taken."""
+    result = target.run(command, check=False)
+    if result.ok:
+        return
+    output = (result.stdout + result.stderr).strip()
+    if result.exited == LOCK_WRITE_FAILED:
+        raise OpsfabError(
+            f"could not write in {d.ops_root} on {d.host_name}: {output[-300:]}",
+            "free disk space on the host (df -h) or fix the folder's owner, then redeploy",
+        )
+    holder = target.run(line(["cat", str(d.lock_dir / "holder")]), check=False)
+    if holder.ok and holder.stdout.strip():
+        raise lock_error(d, holder.stdout)
+    raise OpsfabError(
+        f"cannot take the lock {d.lock_dir} on {d.host_name}: {output[-300:] or 'no output'}",
+        f"if no deploy runs, `fab unlock {d.app_name} {d.env}`; check disk space and permissions",
+    )
 
 
 def _q(text: str) -> str:
@@ -540,7 +636,9 @@ def plan_configs(run: Deploy) -> list[Action]:
     tar_path, stage = configs.stage_paths(d.ops_root, run.id)
     actions = [
         Action(
-            line(["docker", "network", "create", d.host.shared_network]),
+            line(["docker", "network", "create", d.host.shared_network])
+            + " || "
+            + line(["docker", "network", "inspect", "--format", "{{.Name}}", d.host.shared_network]),
             when=f"the shared network {d.host.shared_network} does not exist",
             enabled=run.when(lambda f: not f.shared_network),
         ),
@@ -598,23 +696,43 @@ def _nginx_error(result) -> str:
 
 
 def plan_remember(run: Deploy) -> list[Action]:
-    """One line; each part tests on the host whether there is anything to remember."""
+    """Point the rollback ref and :rollback tags at what runs now, keeping the old
+    pointers as rollback-prev so that a failed deploy can put them back. One line;
+    each part tests on the host whether there is anything to remember."""
     d = run.d
     repo = str(d.repo_dir)
+    git = ["git", "-C", repo]
     parts = [
-        _if(
-            ["git", "-C", repo, "rev-parse", "-q", "--verify", "HEAD"],
-            ["git", "-C", repo, "update-ref", ROLLBACK_REF, "HEAD"],
-        )
+        _if([*git, "rev-parse", "-q", "--verify", ROLLBACK_REF], [*git, "update-ref", PREV_REF, ROLLBACK_REF]),
+        f"{{ if {line([*git, 'rev-parse', '-q', '--verify', CURRENT_REF])} >/dev/null 2>&1; "
+        f"then {line([*git, 'update-ref', ROLLBACK_REF, CURRENT_REF])}; "
+        f"elif {line([*git, 'rev-parse', '-q', '--verify', 'HEAD'])} >/dev/null 2>&1; "
+        f"then {line([*git, 'update-ref', ROLLBACK_REF, 'HEAD'])}; fi; }}",
     ]
-    parts += [
-        _if(
-            ["docker", "image", "inspect", s.image],
-            ["docker", "image", "tag", s.image, s.rollback_image],
+    for s in d.built_services:
+        parts.append(_if(["docker", "image", "inspect", s.rollback_image],
+                         ["docker", "image", "tag", s.rollback_image, _prev_tag(s.image)]))
+        inspect = line(["docker", "container", "inspect", "--format", "{{.Image}}", s.container])
+        parts.append(
+            f'{{ if id=$({inspect} 2>/dev/null); then docker image tag "$id" '
+            f"{shlex.quote(s.rollback_image)}; fi; }}"
         )
-        for s in d.built_services
-    ]
-    return [Action(" && ".join(parts))]
+    return [Action(" && ".join(parts), note="the image tagged is the one the container runs")]
+
+
+def _prev_tag(image: str) -> str:
+    return image.rsplit(":", 1)[0] + ":rollback-prev"
+
+
+def restore_pointers_line(d: Deployment) -> str:
+    """After a failed deploy: the rollback point goes back to what it was before it."""
+    git = ["git", "-C", str(d.repo_dir)]
+    parts = [_if([*git, "rev-parse", "-q", "--verify", PREV_REF],
+                 [*git, "update-ref", ROLLBACK_REF, PREV_REF])]
+    for s in d.built_services:
+        parts.append(_if(["docker", "image", "inspect", _prev_tag(s.image)],
+                         ["docker", "image", "tag", _prev_tag(s.image), s.rollback_image]))
+    return " && ".join(parts)
 
 
 def _if(test: list[str], then: list[str]) -> str:
@@ -682,7 +800,16 @@ def _backup_ready(item: backup.Item, facts: probe.Facts) -> bool:
 def plan_source(run: Deploy) -> list[Action]:
     d = run.d
     repo = str(d.repo_dir)
-    target = run.options.ref or f"origin/{d.branch}"
+    git = ["git", "-C", repo]
+    ref = run.options.ref
+    if ref is None:
+        reset = line([*git, "reset", "--hard", f"origin/{d.branch}", "--"])
+    else:  # a branch name means the origin's branch, never the clone's stale one
+        reset = (
+            f"{{ if {line([*git, 'rev-parse', '-q', '--verify', f'refs/remotes/origin/{ref}'])}"
+            f" >/dev/null; then {line([*git, 'reset', '--hard', f'origin/{ref}', '--'])}; "
+            f"else {line([*git, 'reset', '--hard', f'{ref}^{{commit}}', '--'])}; fi; }}"
+        )
     return [
         Action(
             line(["git", "clone", "--branch", d.branch, "--", d.app.repo, repo]),
@@ -690,19 +817,9 @@ def plan_source(run: Deploy) -> list[Action]:
             enabled=run.when(lambda f: f.repo_head is None),
         ),
         Action(
-            line(
-                ["git", "-C", repo, "fetch", "--prune", "--tags", "--force", "origin"],
-                [
-                    "git",
-                    "-C",
-                    repo,
-                    "reset",
-                    "--hard",
-                    f"{target}^{{commit}}" if run.options.ref else target,
-                    "--",
-                ],
-                ["git", "-C", repo, "rev-parse", "HEAD"],
-            )
+            line([*git, "fetch", "--prune", "--tags", "--force", "origin"])
+            + f" && {reset} && "
+            + line([*git, "rev-parse", "HEAD"])
         ),
     ]
 
@@ -710,8 +827,17 @@ def plan_source(run: Deploy) -> list[Action]:
 def run_source(run: Deploy) -> tuple[str, str]:
     actions = plan_source(run)
     run.reached.add("source")
-    run.execute_actions(actions[:1])
-    result = run.target.run(actions[1].line)
+    d = run.d
+    fix = (
+        f"check apps.{d.app_name}.repo, apps.{d.app_name}.envs.{d.env}.branch (or --ref), "
+        "and that the host can reach the repository (its deploy key)"
+    )
+    try:
+        run.execute_actions(actions[:1])
+        result = run.target.run(actions[1].line)
+    except RemoteCommandError as exc:
+        exc.fix = fix
+        raise
     run.new_head = result.stdout.strip().splitlines()[-1]
     before = run.facts.repo_head if run.facts else None
     if before == run.new_head:
@@ -748,7 +874,7 @@ def plan_health(run: Deploy) -> list[Action]:
 
 
 def run_health(run: Deploy) -> tuple[str, str]:
-    states = health.wait(run.target, run.d, run.out)
+    states = health.wait(run.target, run.d, run.out, run.facts.containers)
     return "ok", ", ".join(f"{c} {states[c].health}" for c in run.containers)
 
 
@@ -773,6 +899,8 @@ def plan_rollback(run: Deploy) -> list[Action]:
                 enabled=run.when(lambda f, s=s: f.images.get(s.image) is not None),
             )
         )
+    actions.append(Action(restore_pointers_line(d), when=when,
+                          note="the rollback point goes back to what it was before this deploy"))
     actions += nginx_reload_actions(run)
     actions.append(
         Action(
@@ -789,18 +917,23 @@ def plan_rollback(run: Deploy) -> list[Action]:
 
 
 def plan_cleanup(run: Deploy) -> list[Action]:
+    """After a success: the new commit is current, the saved rollback-prev pointers go,
+    and only untagged images of this deployment are pruned."""
+    d = run.d
+    git = ["git", "-C", str(d.repo_dir)]
+    parts = [
+        line([*git, "update-ref", CURRENT_REF, "HEAD"]),
+        _if([*git, "rev-parse", "-q", "--verify", PREV_REF], [*git, "update-ref", "-d", PREV_REF]),
+    ]
+    parts += [
+        _if(["docker", "image", "inspect", _prev_tag(s.image)], ["docker", "image", "rm", _prev_tag(s.image)])
+        for s in d.built_services
+    ]
+    prune = ["docker", "image", "prune", "--force", "--filter", f"label=org.opsfab.deployment={d.name}"]
+    parts.append(line(prune))
     return [
         Action(
-            line(
-                [
-                    "docker",
-                    "image",
-                    "prune",
-                    "--force",
-                    "--filter",
-                    f"label=org.opsfab.deployment={run.d.name}",
-                ]
-            ),
+            " && ".join(parts),
             when="the deploy succeeded",
             note="removes only untagged images of this deployment: :latest and :rollback stay",
         )

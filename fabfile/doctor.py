@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from . import health, probe
+from . import probe
 from .inventory import Deployment, Inventory, memory_mb
 from .status import MEMORY_SCRIPT, _memory, _time
 from .target import Target, line
@@ -28,7 +28,7 @@ from .target import Target, line
 INSPECT = (
     "{{.Name}}|{{.Id}}|{{.State.Status}}|{{.State.StartedAt}}|{{.RestartCount}}|"
     "{{range $net, $cfg := .NetworkSettings.Networks}}{{$net}} {{end}}|"
-    "{{if index .State \"Health\"}}{{json .State.Health}}{{end}}"
+    '{{if index .State "Health"}}{{json .State.Health}}{{end}}'
 )
 UPSTREAM = re.compile(r"http://([A-Za-z0-9_.-]+):(\d+)")
 
@@ -51,8 +51,10 @@ def doctor_sections(inventory: Inventory, d: Deployment) -> list[tuple[str, str]
     return [
         ("now", line(["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"])),
         ("inspect", line(["docker", "container", "inspect", "--format", INSPECT, *containers])),
-        ("network", line(["docker", "network", "inspect", "--format", "{{.Name}}",
-                          d.host.shared_network])),
+        (
+            "network",
+            line(["docker", "network", "inspect", "--format", "{{.Name}}", d.host.shared_network]),
+        ),
         ("conf", line(["cat", str(d.nginx_conf)])),
         ("disk", dict(probe.sections(d, []))["disk"]),
         ("meminfo", line(["cat", "/proc/meminfo"])),
@@ -91,9 +93,14 @@ def _containers(text: str) -> dict[str, dict]:
             state = json.loads(health_json) if health_json.strip() else None
         except json.JSONDecodeError:
             state = None
-        found[name.lstrip("/")] = {"id": cid, "status": status, "started": started,
-                                   "restarts": int(restarts or 0),
-                                   "networks": networks.split(), "health": state}
+        found[name.lstrip("/")] = {
+            "id": cid,
+            "status": status,
+            "started": started,
+            "restarts": int(restarts or 0),
+            "networks": networks.split(),
+            "health": state,
+        }
     return found
 
 
@@ -103,33 +110,49 @@ def _containers(text: str) -> dict[str, dict]:
 def network_findings(d: Deployment, containers: dict, shared_exists: bool) -> list[Finding]:
     shared = d.host.shared_network
     if not shared_exists:
-        return [Finding("problem", shared, f"the shared network {shared} does not exist, so "
-                        "nginx reaches no app (502 Bad Gateway)",
-                        f"fab bootstrap {d.host_name}, or: docker network create {shared}",
-                        line(["docker", "network", "create", shared]))]
+        return [
+            Finding(
+                "problem",
+                shared,
+                f"the shared network {shared} does not exist, so "
+                "nginx reaches no app (502 Bad Gateway)",
+                f"fab bootstrap {d.host_name}, or: docker network create {shared}",
+                line(["docker", "network", "create", shared]),
+            )
+        ]
     findings = []
     for service in d.proxied:
         state = containers.get(service.container)
         if state is not None and shared not in state["networks"]:
-            findings.append(Finding(
-                "problem", service.container,
-                f"{service.container} is not on {shared}: nginx answers 502 on port "
-                f"{service.publish}",
-                f"fab doctor {d.app_name} {d.env} --fix (docker network connect {shared} "
-                f"{service.container}); a redeploy also fixes it",
-                line(["docker", "network", "connect", shared, service.container]),
-            ))
+            findings.append(
+                Finding(
+                    "problem",
+                    service.container,
+                    f"{service.container} is not on {shared}: nginx answers 502 on port "
+                    f"{service.publish}",
+                    f"fab doctor {d.app_name} {d.env} --fix (docker network connect {shared} "
+                    f"{service.container}); a redeploy also fixes it",
+                    line(["docker", "network", "connect", shared, service.container]),
+                )
+            )
     return findings
 
 
-def health_findings(target: Target, d: Deployment, containers: dict,
-                    now: datetime | None) -> list[Finding]:
+def health_findings(
+    target: Target, d: Deployment, containers: dict, now: datetime | None
+) -> list[Finding]:
     findings = []
     for service in d.services:
         state = containers.get(service.container)
         if state is None:
-            findings.append(Finding("problem", service.container, "the container does not exist",
-                                    f"fab deploy {d.app_name} {d.env}"))
+            findings.append(
+                Finding(
+                    "problem",
+                    service.container,
+                    "the container does not exist",
+                    f"fab deploy {d.app_name} {d.env}",
+                )
+            )
             continue
         if state["status"] != "running" or (state["health"] or {}).get("Status") == "unhealthy":
             findings.append(_unhealthy(target, d, service.container, state))
@@ -141,16 +164,27 @@ def health_findings(target: Target, d: Deployment, containers: dict,
 
 
 def _unhealthy(target: Target, d: Deployment, name: str, state: dict) -> Finding:
-    probes = [f"{p.get('ExitCode')}: {(p.get('Output') or '').strip()[:200]}"
-              for p in ((state["health"] or {}).get("Log") or [])[-3:]]
+    probes = [
+        f"{p.get('ExitCode')}: {(p.get('Output') or '').strip()[:200]}"
+        for p in ((state["health"] or {}).get("Log") or [])[-3:]
+    ]
     logs = target.run(line(["docker", "logs", "--tail", "20", name]) + " 2>&1", check=False)
     what = state["status"] if state["status"] != "running" else "unhealthy"
-    detail = "\n      ".join(["last health probes:", *probes, "last log lines:",
-                              *logs.stdout.strip().splitlines()[-20:]])
-    return Finding("problem", name, f"{name} is {what} (restarts: {state['restarts']})\n"
-                   f"      {detail}",
-                   f"read the lines above; check the secrets (fab secrets.check {d.app_name} "
-                   f"{d.env}) and fab logs {d.app_name} {d.env}; then redeploy")
+    detail = "\n      ".join(
+        [
+            "last health probes:",
+            *probes,
+            "last log lines:",
+            *logs.stdout.strip().splitlines()[-20:],
+        ]
+    )
+    return Finding(
+        "problem",
+        name,
+        f"{name} is {what} (restarts: {state['restarts']})\n      {detail}",
+        f"read the lines above; check the secrets (fab secrets.check {d.app_name} "
+        f"{d.env}) and fab logs {d.app_name} {d.env}; then redeploy",
+    )
 
 
 def _slow_start(service, state: dict, now: datetime | None) -> Finding | None:
@@ -174,7 +208,8 @@ def _slow_start(service, state: dict, now: datetime | None) -> Finding | None:
         return None
     suggested = int(math.ceil(took * 1.5 / 10) * 10)
     return Finding(
-        "warning", service.container,
+        "warning",
+        service.container,
         f"{service.container} took {took:.0f} s to pass its health check, longer than its "
         f"start_period of {spec.start_period} s; deploys may fail at the health step",
         f"raise health.start_period of service {service.name} to about {suggested} in hosts.toml",
@@ -182,63 +217,110 @@ def _slow_start(service, state: dict, now: datetime | None) -> Finding | None:
 
 
 def upstream_findings(inventory: Inventory, d: Deployment, conf: tuple[int, str]) -> list[Finding]:
-    expected = {s.container: s.port for env in d.app.envs
-                for s in inventory.deployment(d.app_name, env).proxied}
+    expected = {
+        s.container: s.port
+        for env in d.app.envs
+        for s in inventory.deployment(d.app_name, env).proxied
+    }
     if not expected:
         return []
     rc, text = conf
     if rc != 0:
-        return [Finding("problem", str(d.nginx_conf), "the app's nginx conf is missing, so "
-                        "nginx does not publish it", f"fab deploy {d.app_name} {d.env}")]
+        return [
+            Finding(
+                "problem",
+                str(d.nginx_conf),
+                "the app's nginx conf is missing, so nginx does not publish it",
+                f"fab deploy {d.app_name} {d.env}",
+            )
+        ]
     findings = []
     named = {m.group(1): int(m.group(2)) for m in UPSTREAM.finditer(text)}
     for name, port in sorted(named.items()):
         if name not in expected:
-            findings.append(Finding(
-                "problem", str(d.nginx_conf),
-                f"nginx upstream {name}:{port} matches no container of {d.app_name} "
-                f"(its containers: {', '.join(sorted(expected))}); nginx cannot resolve it",
-                f"redeploy to render the conf from the inventory (fab diff {d.app_name} "
-                f"{d.env} shows it), or correct container = in hosts.toml"))
+            findings.append(
+                Finding(
+                    "problem",
+                    str(d.nginx_conf),
+                    f"nginx upstream {name}:{port} matches no container of {d.app_name} "
+                    f"(its containers: {', '.join(sorted(expected))}); nginx cannot resolve it",
+                    f"redeploy to render the conf from the inventory (fab diff {d.app_name} "
+                    f"{d.env} shows it), or correct container = in hosts.toml",
+                )
+            )
         elif expected[name] != port:
-            findings.append(Finding(
-                "problem", str(d.nginx_conf),
-                f"nginx sends {name} traffic to port {port}, the inventory says {expected[name]}",
-                f"fab deploy {d.app_name} {d.env} renders it again"))
+            findings.append(
+                Finding(
+                    "problem",
+                    str(d.nginx_conf),
+                    f"nginx sends {name} traffic to port {port}, "
+                    f"the inventory says {expected[name]}",
+                    f"fab deploy {d.app_name} {d.env} renders it again",
+                )
+            )
     return findings
 
 
-def headroom_findings(inventory: Inventory, d: Deployment, raw: dict,
-                      containers: dict) -> list[Finding]:
+def headroom_findings(
+    inventory: Inventory, d: Deployment, raw: dict, containers: dict
+) -> list[Finding]:
     findings = []
     facts = probe.interpret({"disk": raw.get("disk", (1, ""))}, d)
     if facts.free_mb is not None and facts.free_mb < d.host.min_free_mb:
-        findings.append(Finding(
-            "problem", "disk", f"only {facts.free_mb} MB free under {facts.docker_root}; "
-            f"deploys need {d.host.min_free_mb} MB (hosts.{d.host_name}.min_free_mb)",
-            "docker system df; docker image prune; fab backup.all prunes old backups"))
+        findings.append(
+            Finding(
+                "problem",
+                "disk",
+                f"only {facts.free_mb} MB free under {facts.docker_root}; "
+                f"deploys need {d.host.min_free_mb} MB (hosts.{d.host_name}.min_free_mb)",
+                "docker system df; docker image prune; fab backup.all prunes old backups",
+            )
+        )
     meminfo = dict(re.findall(r"^(\w+):\s+(\d+) kB", raw.get("meminfo", (1, ""))[1], re.M))
-    total, available = int(meminfo.get("MemTotal", 0)) // 1024, int(meminfo.get("MemAvailable", 0)) // 1024
-    limits = sum(s.memory_mb for x in inventory.deployments() if x.host_name == d.host_name
-                 for s in x.services)
+    total, available = (
+        int(meminfo.get("MemTotal", 0)) // 1024,
+        int(meminfo.get("MemAvailable", 0)) // 1024,
+    )
+    limits = sum(
+        s.memory_mb
+        for x in inventory.deployments()
+        if x.host_name == d.host_name
+        for s in x.services
+    )
     if total and available < total * 0.1:
-        findings.append(Finding("warning", "memory", f"only {available} MB of {total} MB "
-                                "memory available on the host", "lower memory limits or stop "
-                                "an unused deployment"))
+        findings.append(
+            Finding(
+                "warning",
+                "memory",
+                f"only {available} MB of {total} MB memory available on the host",
+                "lower memory limits or stop an unused deployment",
+            )
+        )
     if total and limits > total:
-        findings.append(Finding("warning", "memory", f"the memory limits of the inventory add "
-                                f"up to {limits} MB, more than the host's {total} MB",
-                                f"lower some limits or correct hosts.{d.host_name}.memory "
-                                f"({memory_mb(d.host.memory)} MB)"))
+        findings.append(
+            Finding(
+                "warning",
+                "memory",
+                f"the memory limits of the inventory add "
+                f"up to {limits} MB, more than the host's {total} MB",
+                f"lower some limits or correct hosts.{d.host_name}.memory "
+                f"({memory_mb(d.host.memory)} MB)",
+            )
+        )
     used = _memory(raw.get("memory", (1, ""))[1])
     for service in d.services:
         state = containers.get(service.container)
         mb = used.get(state["id"]) if state else None
         if mb is not None and mb > 0.9 * service.memory_mb:
-            findings.append(Finding(
-                "warning", service.container, f"{service.container} uses {mb:.0f} MB of its "
-                f"{service.memory_mb} MB limit; it may be killed when it grows",
-                f"raise memory of service {service.name} in hosts.toml, then redeploy"))
+            findings.append(
+                Finding(
+                    "warning",
+                    service.container,
+                    f"{service.container} uses {mb:.0f} MB of its "
+                    f"{service.memory_mb} MB limit; it may be killed when it grows",
+                    f"raise memory of service {service.name} in hosts.toml, then redeploy",
+                )
+            )
     return findings
 
 
@@ -251,5 +333,3 @@ def report(findings: list[Finding]) -> str:
         rows.append(f"{mark:<8} {f.subject}: {f.message}\n         fix: {f.fix}")
     return "\n".join(rows)
 
-
-_ = health  # diagnostics live in health; doctor reads the same probes

@@ -16,7 +16,7 @@ from .probe import ContainerState, container_states, state_line
 from .target import Target, line
 
 HEALTH_LOG_FORMAT = (
-    "{{if .State.Health}}{{range .State.Health.Log}}{{.ExitCode}}: {{.Output}}\n{{end}}{{end}}"
+    '{{if index .State "Health"}}{{range .State.Health.Log}}{{.ExitCode}}: {{.Output}}{{end}}{{end}}'
 )
 
 
@@ -25,39 +25,58 @@ def poll_line(containers: list[str]) -> str:
 
 
 def wait(
-    target: Target, deployment: Deployment, out: Reporter | None = None
+    target: Target,
+    deployment: Deployment,
+    out: Reporter | None = None,
+    before: dict[str, ContainerState] | None = None,
 ) -> dict[str, ContainerState]:
+    """Poll until every container is healthy and stays so for ``health_settle`` seconds.
+
+    ``before`` holds the states read before the deploy: a container that was not
+    recreated keeps its restart count, and only restarts beyond it count as failures.
+    """
     settings = deployment.app.deploy
     containers = [s.container for s in deployment.services]
+    baseline = {s.id: s.restarts for s in (before or {}).values()}
     deadline = time.monotonic() + settings.health_tries * settings.health_timeout
+    settled_at: float | None = None
     while True:
         states = container_states(target, containers)
-        problem = failure(states, deployment)
+        problem = failure(states, deployment, baseline)
         if problem:
             raise HealthError(
                 problem + diagnostics(target, states, containers),
-                "read the container's logs above; fix and redeploy",
+                "read the container's health probes and logs above; fix and redeploy",
             )
         if all(states[c].healthy for c in containers):
-            return states
-        if time.monotonic() >= deadline:
-            waiting = ", ".join(
-                f"{c} {states[c].health}" for c in containers if not states[c].healthy
-            )
-            raise HealthError(
-                f"not healthy after {settings.health_tries} x {settings.health_timeout} s: "
-                f"{waiting}"
-                + diagnostics(target, states, containers),
-                f"if it starts slowly, raise health.start_period or apps.{deployment.app_name}"
-                ".deploy.health_timeout in hosts.toml",
-            )
-        time.sleep(settings.health_poll)
-        target.stats.waited_seconds += settings.health_poll
+            settled_at = settled_at or time.monotonic()
+            if time.monotonic() - settled_at >= settings.health_settle:
+                return states
+            baseline.update({s.id: s.restarts for s in states.values()})
+        else:
+            settled_at = None
+            if time.monotonic() >= deadline:
+                waiting = ", ".join(
+                    f"{c} {states[c].health}" for c in containers if not states[c].healthy
+                )
+                raise HealthError(
+                    f"not healthy after {settings.health_tries} x {settings.health_timeout} s: "
+                    f"{waiting}" + diagnostics(target, states, containers),
+                    "if it starts slowly, raise health.start_period or "
+                    f"apps.{deployment.app_name}.deploy.health_timeout in hosts.toml",
+                )
+        pause = settings.health_poll
+        if settled_at is not None:
+            pause = min(pause, max(0.0, settings.health_settle - (time.monotonic() - settled_at)))
+        time.sleep(pause)
+        target.stats.waited_seconds += pause
 
 
 def check_now(states: dict[str, ContainerState], deployment: Deployment) -> None:
-    """Raise unless every container is healthy right now."""
-    problem = failure(states, deployment)
+    """Raise unless every container runs and is healthy right now (past restarts are
+    history, not a failure)."""
+    baseline = {s.id: s.restarts for s in states.values()}
+    problem = failure(states, deployment, baseline)
     unhealthy = [
         c
         for c in (s.container for s in deployment.services)
@@ -66,19 +85,26 @@ def check_now(states: dict[str, ContainerState], deployment: Deployment) -> None
     if problem or unhealthy:
         raise HealthError(
             problem or f"not healthy: {', '.join(unhealthy)}",
-            f"fab health {deployment.app_name} {deployment.env}",
+            f"read its logs: fab logs {deployment.app_name} {deployment.env}; "
+            f"then fab doctor {deployment.app_name} {deployment.env}",
         )
 
 
-def failure(states: dict[str, ContainerState], deployment: Deployment) -> str | None:
-    """Why the wait cannot succeed, or None while it still may."""
+def failure(
+    states: dict[str, ContainerState],
+    deployment: Deployment,
+    baseline: dict[str, int] | None = None,
+) -> str | None:
+    """Why the wait cannot succeed, or None while it still may. ``baseline`` maps a
+    container id to the restart count it may have without failing."""
+    baseline = baseline or {}
     for service in deployment.services:
         state = states.get(service.container)
         if state is None:
             return f"container {service.container} does not exist"
         if state.status in ("exited", "dead"):
             return f"container {service.container} {state.status} with code {state.exit_code}"
-        if state.status == "restarting" or state.restarts > 0:
+        if state.status == "restarting" or state.restarts > baseline.get(state.id, 0):
             return f"container {service.container} is restarting ({state.restarts} restarts)"
         if state.health == "unhealthy":
             return f"container {service.container} is unhealthy"

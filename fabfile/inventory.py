@@ -8,6 +8,8 @@ never yields an ``Inventory``.
 from __future__ import annotations
 
 import dataclasses
+import base64
+import binascii
 import os
 import re
 import tomllib
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
+import paramiko
+from paramiko.pkey import UnknownKeyType
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -77,11 +81,19 @@ class Host(Strict):
     @field_validator("host_key")
     @classmethod
     def _host_key(cls, value: str | None) -> str | None:
-        if value is not None and len(value.split()) != 2:
-            raise ValueError(
-                "write the key type and base64 key, e.g. \"ssh-ed25519 AAAA...\""
-                " (the output of ssh-keyscan without the host name)"
-            )
+        if value is None:
+            return value
+        hint = (
+            'write the key type and base64 key, e.g. "ssh-ed25519 AAAA..."'
+            " (a line of ssh-keyscan without the host name)"
+        )
+        parts = value.split()
+        if len(parts) != 2:
+            raise ValueError(hint)
+        try:
+            paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1], validate=True))
+        except (ValueError, binascii.Error, paramiko.SSHException, UnknownKeyType) as exc:
+            raise ValueError(f"not a valid SSH public key ({exc}); {hint}") from None
         return value
 
 
@@ -125,14 +137,19 @@ class Service(Strict):
 
 class Backup(Strict):
     volumes: list[str] = []
-    databases: list[Name] = Field([], description="services whose PostgreSQL is dumped (pg_dump of POSTGRES_DB as POSTGRES_USER from the service's environment)")
-    sqlite: dict[Name, str] = Field({}, description="service -> SQLite file inside its container, copied with sqlite3 .backup")
+    databases: list[Name] = Field(
+        [], description="PostgreSQL services: pg_dump of their POSTGRES_DB as POSTGRES_USER"
+    )
+    sqlite: dict[Name, str] = Field(
+        {}, description="service -> SQLite file inside its container, copied with .backup"
+    )
 
 
 class DeploySettings(Strict):
     health_tries: int = Field(5, ge=1)
     health_timeout: int = Field(30, ge=1)
     health_poll: float = Field(2.0, gt=0)
+    health_settle: float = Field(3.0, ge=0, description="seconds all must stay healthy")
 
 
 class Environment(Strict):
@@ -183,7 +200,7 @@ class BackupSchedule(Strict):
     weekly: str = "0 4 * * 0"
     keep_daily: int = Field(7, ge=1)
     keep_weekly: int = Field(4, ge=1)
-    keep_deploy: int = Field(10, ge=1, description="pre-deploy backups kept per deployment")
+    keep_deploy: int = Field(10, ge=1, description="pre-deploy backup sets kept")
     envs: list[Name] = ["prod"]
     cron_file: str | None = Field("/etc/cron.d/opsfab", description="where infra.deploy installs the schedule")
     metrics_every: int = Field(1, ge=1, le=59, description="minutes between container metrics for node-exporter")
@@ -499,7 +516,7 @@ def local_env(folder: Path) -> dict[str, str]:
 
 
 def _apply_env_overrides(raw: dict, folder: Path) -> None:
-    """Host ``cvm`` takes CVM_HOST, CVM_USER, CVM_SSH_KEY and CVM_TRANSPORT from the environment."""
+    """Host ``cvm`` takes CVM_HOST, CVM_USER, CVM_SSH_KEY and CVM_TRANSPORT from the env."""
     env = local_env(folder)
     for name, host in (raw.get("hosts") or {}).items():
         if not isinstance(host, dict):

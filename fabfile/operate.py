@@ -32,8 +32,9 @@ def target_for(inventory: Inventory, host_name: str) -> Target:
     return connect(host_name, inventory.host(host_name), inventory.path.parent)
 
 
-def status(app: str | None = None, env: str | None = None, *,
-           inventory: Inventory | None = None) -> dict[str, list[status_mod.Row]]:
+def status(
+    app: str | None = None, env: str | None = None, *, inventory: Inventory | None = None
+) -> dict[str, list[status_mod.Row]]:
     """{host: rows}: one round trip per host."""
     inv = _inventory(inventory)
     deployments = status_mod.selected(inv, app, env)
@@ -46,8 +47,15 @@ def status(app: str | None = None, env: str | None = None, *,
     return result
 
 
-def logs(app: str, env: str, *, service: str | None = None, tail: int = 50,
-         follow: bool = False, inventory: Inventory | None = None) -> int:
+def logs(
+    app: str,
+    env: str,
+    *,
+    service: str | None = None,
+    tail: int = 50,
+    follow: bool = False,
+    inventory: Inventory | None = None,
+) -> int:
     """Stream the logs to stdout; returns compose's exit status."""
     inv = _inventory(inventory)
     d = inv.deployment(app, env)
@@ -70,16 +78,18 @@ def secrets_push(app: str, env: str, *, inventory: Inventory | None = None) -> s
         return secrets_mod.push(target, inv, d)
 
 
-def backup(app: str, env: str, *, kind: str = "manual",
-           inventory: Inventory | None = None) -> backup_mod.Result:
+def backup(
+    app: str, env: str, *, kind: str = "manual", inventory: Inventory | None = None
+) -> backup_mod.Result:
     inv = _inventory(inventory)
     d = inv.deployment(app, env)
     with target_for(inv, d.host_name) as target:
         return backup_mod.backup(target, inv, d, kind)
 
 
-def backup_all(kind: str, *, inventory: Inventory | None = None,
-               report: Callable[[str], None] = print):
+def backup_all(
+    kind: str, *, inventory: Inventory | None = None, report: Callable[[str], None] = print
+):
     inv = _inventory(inventory)
     targets: dict[str, Target] = {}
 
@@ -102,8 +112,15 @@ def backups(app: str, env: str, *, inventory: Inventory | None = None):
         return backup_mod.list_sets(target, d)
 
 
-def restore(app: str, env: str, set_id: str, *, confirm: bool = False,
-            inventory: Inventory | None = None, report: Callable[[str], None] = print) -> list[str]:
+def restore(
+    app: str,
+    env: str,
+    set_id: str,
+    *,
+    confirm: bool = False,
+    inventory: Inventory | None = None,
+    report: Callable[[str], None] = print,
+) -> list[str]:
     """Put backup set SET_ID back; without ``confirm`` only shows what it would do."""
     inv = _inventory(inventory)
     d = inv.deployment(app, env)
@@ -115,8 +132,10 @@ def restore(app: str, env: str, set_id: str, *, confirm: bool = False,
             report(f"restore {set_id} ({kind}) into {d.name} would run:")
             for command in commands:
                 report(f"  $ {command}")
-            raise UsageError(f"restore of {d.name} not confirmed: it replaces the live data",
-                             f"fab restore {app} {env} {set_id} --confirm")
+            raise UsageError(
+                f"restore of {d.name} not confirmed: it replaces the live data",
+                f"fab restore {app} {env} {set_id} --confirm",
+            )
         started = datetime.now(UTC)
         lock = target.run(lock_line(d, f"restore-{set_id}", actor(), started), check=False)
         if not lock.ok:
@@ -126,21 +145,38 @@ def restore(app: str, env: str, set_id: str, *, confirm: bool = False,
         try:
             for command in commands:
                 report(f"  $ {command}")
-                target.run(command, fix="the app may be stopped: fix the cause, then run "
-                           f"the restore again or `fab deploy {app} {env}`")
+                target.run(
+                    command,
+                    fix="the app may be stopped: fix the cause, then run "
+                    f"the restore again or `fab deploy {app} {env}`",
+                )
             result = "ok"
         finally:
-            record = {"time": started.strftime("%Y-%m-%dT%H:%M:%SZ"), "action": "restore",
-                      "app": app, "env": env, "host": d.host_name, "who": actor(),
-                      "backup": set_id, "result": result}
+            record = {
+                "time": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "action": "restore",
+                "app": app,
+                "env": env,
+                "host": d.host_name,
+                "who": actor(),
+                "backup": set_id,
+                "result": result,
+            }
             append = line(["printf", "%s\\n", json.dumps(record, sort_keys=True)])
-            target.run(append + " >> " + line([str(d.deploy_log)]) + " ; "
-                       + line(["rm", "-rf", "--", str(d.lock_dir)]), check=False)
+            target.run(
+                append
+                + " >> "
+                + line([str(d.deploy_log)])
+                + " ; "
+                + line(["rm", "-rf", "--", str(d.lock_dir)]),
+                check=False,
+            )
     return files
 
 
-def doctor(app: str, env: str, *, fix: bool = False,
-           inventory: Inventory | None = None) -> list[doctor_mod.Finding]:
+def doctor(
+    app: str, env: str, *, fix: bool = False, inventory: Inventory | None = None
+) -> list[doctor_mod.Finding]:
     inv = _inventory(inventory)
     d = inv.deployment(app, env)
     with target_for(inv, d.host_name) as target:
@@ -150,8 +186,9 @@ def doctor(app: str, env: str, *, fix: bool = False,
     return findings
 
 
-def bootstrap(host_name: str, *, dry_run: bool = False,
-              inventory: Inventory | None = None) -> list[bootstrap_mod.Change]:
+def bootstrap(
+    host_name: str, *, dry_run: bool = False, inventory: Inventory | None = None
+) -> list[bootstrap_mod.Change]:
     inv = _inventory(inventory)
     inv.host(host_name)
     with target_for(inv, host_name) as target:
@@ -161,5 +198,16 @@ def bootstrap(host_name: str, *, dry_run: bool = False,
     return changes
 
 
-__all__ = ["OpsfabError", "status", "logs", "secrets_check", "secrets_push", "backup",
-           "backup_all", "backups", "restore", "doctor", "bootstrap"]
+__all__ = [
+    "OpsfabError",
+    "status",
+    "logs",
+    "secrets_check",
+    "secrets_push",
+    "backup",
+    "backup_all",
+    "backups",
+    "restore",
+    "doctor",
+    "bootstrap",
+]

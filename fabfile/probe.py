@@ -16,9 +16,11 @@ from .inventory import Deployment
 from .target import Target, line
 
 MARK = "@@opsfab"
+CURRENT_REF = "refs/opsfab/current"  # the commit of the last successful deploy
+ROLLBACK_REF = "refs/opsfab/rollback"  # the commit that ran before it
 STATE_FORMAT = (
     "{{.Name}}|{{.Id}}|{{.Image}}|{{.State.Status}}|"
-    "{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}|"
+    '{{if index .State "Health"}}{{.State.Health.Status}}{{else}}none{{end}}|'
     "{{.RestartCount}}|{{.State.ExitCode}}|{{.State.StartedAt}}"
 )
 SECRET_KEYS = (
@@ -55,6 +57,11 @@ class Facts:
     secret_keys: list[str] = field(default_factory=list)
     lock_holder: str | None = None
     repo_head: str | None = None
+    current_commit: str | None = None
+    rollback_commit: str | None = None
+    ops_free_mb: int | None = None
+    env_text: str | None = field(default=None, repr=False)
+    secret_values: list[str] = field(default_factory=list, repr=False)
     images: dict[str, str | None] = field(default_factory=dict)
     rollback_images: dict[str, str | None] = field(default_factory=dict)
     containers: dict[str, ContainerState] = field(default_factory=dict)
@@ -81,6 +88,13 @@ def sections(deployment: Deployment, files: list[str]) -> list[tuple[str, str]]:
         ),
         ("lock", line(["cat", str(d.lock_dir / "holder")])),
         ("repo", line(["git", "-C", str(d.repo_dir), "rev-parse", "--verify", "HEAD"])),
+        ("current", line(["git", "-C", str(d.repo_dir), "rev-parse", "--verify", CURRENT_REF])),
+        ("rollbackref", line(["git", "-C", str(d.repo_dir), "rev-parse", "--verify", ROLLBACK_REF])),
+        (
+            "opsdisk",
+            f"d={shlex.quote(str(d.ops_root))}; "
+            'while [ ! -e "$d" ]; do d=$(dirname "$d"); done; df -Pk "$d"',
+        ),
         (
             "proxy",
             line(
@@ -97,6 +111,10 @@ def sections(deployment: Deployment, files: list[str]) -> list[tuple[str, str]]:
     ]
     if any(s.env_file for s in d.services):
         items.append(("secrets", line(["sed", "-n", SECRET_KEYS, str(d.env_file)])))
+        # Read only to mask the values in any output and to check the file's syntax.
+        items.append(("envfile", line(["cat", "--", str(d.env_file)])))
+    for name, path in sorted(d.secret_files.items()):
+        items.append((f"secretfile {name}", line(["cat", "--", str(path)])))
     for service in d.built_services:
         items.append((f"image {service.image}", _image_id(service.image)))
         items.append((f"rollback {service.image}", _image_id(service.rollback_image)))
@@ -177,7 +195,13 @@ def interpret(raw: dict[str, tuple[int, str]], deployment: Deployment) -> Facts:
     facts.shared_network = ok("network") is not None
     facts.lock_holder = ok("lock")
     head = ok("repo")
-    facts.repo_head = head if head and re.fullmatch(r"[0-9a-f]{40,64}", head) else None
+    facts.repo_head = _commit(head)
+    facts.current_commit = _commit(ok("current"))
+    facts.rollback_commit = _commit(ok("rollbackref"))
+    facts.ops_free_mb = _free_mb(ok("opsdisk"))
+    facts.env_text = raw["envfile"][1] if raw.get("envfile", (1, ""))[0] == 0 else None
+    facts.secret_values = [out for label, (rc, out) in raw.items()
+                           if label.startswith("secretfile ") and rc == 0 and out]
     facts.proxy_running = (ok("proxy") or "") == "true"
     keys = raw.get("secrets")
     if keys is not None:
@@ -196,6 +220,15 @@ def interpret(raw: dict[str, tuple[int, str]], deployment: Deployment) -> Facts:
         if len(parts) == 2 and re.fullmatch(r"[0-9a-f]{64}", parts[0]):
             facts.file_hashes[parts[1]] = parts[0]
     return facts
+
+
+def _commit(text: str | None) -> str | None:
+    return text if text and re.fullmatch(r"[0-9a-f]{40,64}", text) else None
+
+
+def _free_mb(df_output: str | None) -> int | None:
+    fields = (df_output or "").splitlines()[-1:][0].split() if df_output else []
+    return int(fields[3]) // 1024 if len(fields) >= 4 and fields[3].isdigit() else None
 
 
 def parse_state(text: str) -> ContainerState:

@@ -11,14 +11,17 @@ import time
 
 from . import configs, health, probe
 from .deploy import (
+    CURRENT_REF,
     ROLLBACK_REF,
     Deploy,
     Options,
     _short,
     lock_error,
+    mask_secrets,
     nginx_reload_actions,
     plan_lock,
     plan_record,
+    take_lock,
 )
 from .errors import OpsfabError
 from .inventory import Inventory
@@ -40,20 +43,33 @@ def rollback(
     d = inventory.deployment(app, env)
     run = Deploy(inventory, d, target, Options(actor=actor), out)
     run.facts = facts = probe.gather(target, d, run.file_paths)
+    mask_secrets(target, facts)
     if facts.lock_holder is not None:
         raise lock_error(d, facts.lock_holder)
+    running = run.running_commit
     missing = [
         s.rollback_image for s in d.built_services if facts.rollback_images.get(s.image) is None
     ]
-    if facts.repo_head is None or missing:
+    missing += [s.container for s in d.built_services if s.container not in facts.containers]
+    same = facts.rollback_commit == running and all(
+        facts.rollback_images.get(s.image) == facts.containers[s.container].image
+        for s in d.built_services
+    )
+    fix = f"deploy a known good commit instead: fab deploy {app} {env} --ref <sha>"
+    if facts.rollback_commit is None or missing:
+        detail = f" (missing {', '.join(missing)})" if missing else " (no rollback point yet)"
+        raise OpsfabError(f"{d.name} has nothing to roll back to{detail}", fix)
+    if same:
         raise OpsfabError(
-            f"{d.name} has nothing to roll back to"
-            + (f" (missing {', '.join(missing)})" if missing else " (never deployed)"),
-            f"deploy a known good commit instead: fab deploy {app} {env} --ref <sha>",
+            f"{d.name} has nothing to roll back to: the rollback point is what runs now "
+            f"({_short(running)})",
+            fix,
         )
-    out.say(f"rollback {d.name} on {d.host_name}: running {_short(facts.repo_head)}")
+    out.say(
+        f"rollback {d.name} on {d.host_name}: {_short(running)} -> {_short(facts.rollback_commit)}"
+    )
     started = time.perf_counter()
-    target.run(plan_lock(run)[0].line)
+    take_lock(target, d, plan_lock(run)[0].line)
     result, error = "failed", None
     try:
         run.changed = run.conf_paths
@@ -61,17 +77,18 @@ def rollback(
         repo = str(d.repo_dir)
         target.run(
             line(
-                ["git", "-C", repo, "update-ref", SWAP_REF, "HEAD"],
+                ["git", "-C", repo, "update-ref", SWAP_REF, running],
                 ["git", "-C", repo, "reset", "--hard", ROLLBACK_REF, "--"],
                 ["git", "-C", repo, "update-ref", ROLLBACK_REF, SWAP_REF],
                 ["git", "-C", repo, "update-ref", "-d", SWAP_REF],
+                ["git", "-C", repo, "update-ref", CURRENT_REF, "HEAD"],
             )
         )
         for s in d.built_services:
             swap = s.image.rsplit(":", 1)[0] + ":swap"
             target.run(
                 line(
-                    ["docker", "image", "tag", s.image, swap],
+                    ["docker", "image", "tag", facts.containers[s.container].image, swap],
                     ["docker", "image", "tag", s.rollback_image, s.image],
                     ["docker", "image", "tag", swap, s.rollback_image],
                     ["docker", "image", "rm", swap],
@@ -83,7 +100,7 @@ def rollback(
         elif reload[1].enabled:
             target.run(reload[1].line)
         target.run(line([*d.compose, "up", "-d", "--no-build", "--remove-orphans"]))
-        states = health.wait(target, d, out)
+        states = health.wait(target, d, out, facts.containers)
         head = target.run(line(["git", "-C", repo, "rev-parse", "HEAD"])).stdout.strip()
         run.new_head = head
         result = "ok"

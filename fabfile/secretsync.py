@@ -50,8 +50,12 @@ class Change:
 
     @property
     def any(self) -> bool:
-        return bool(self.added or self.removed or self.changed
-                    or any(v != "unchanged" for v in self.files.values()))
+        return bool(
+            self.added
+            or self.removed
+            or self.changed
+            or any(v != "unchanged" for v in self.files.values())
+        )
 
     def lines(self) -> list[str]:
         rows = [f"  + {k} (added)" for k in self.added]
@@ -61,8 +65,13 @@ class Change:
         return rows
 
     def as_dict(self) -> dict:
-        return {"added": self.added, "removed": self.removed, "changed": self.changed,
-                "unchanged": self.unchanged, "files": self.files}
+        return {
+            "added": self.added,
+            "removed": self.removed,
+            "changed": self.changed,
+            "unchanged": self.unchanged,
+            "files": self.files,
+        }
 
 
 @dataclass
@@ -89,9 +98,11 @@ def read_local(inventory: Inventory, d: Deployment) -> Local:
     if env_path.exists():
         values = read_env_file(env_path)
     elif needs_env:
-        raise SecretsError(f"{env_path} does not exist",
-                           f"create it (KEY=value lines; see README, Secrets) with the keys "
-                           f"{', '.join(d.app.required_secrets) or 'the app needs'}")
+        raise SecretsError(
+            f"{env_path} does not exist",
+            f"create it (KEY=value lines; see README, Secrets) with the keys "
+            f"{', '.join(d.app.required_secrets) or 'the app needs'}",
+        )
     if values is not None:
         missing = [k for k in d.app.required_secrets if not values.get(k)]
         if missing:
@@ -103,8 +114,10 @@ def read_local(inventory: Inventory, d: Deployment) -> Local:
     for name, host_path in sorted(d.secret_files.items()):
         source = folder / host_path.name
         if not source.exists():
-            raise SecretsError(f"{source} does not exist (Docker secret {name!r})",
-                               "write the secret alone in that file, mode 600")
+            raise SecretsError(
+                f"{source} does not exist (Docker secret {name!r})",
+                "write the secret alone in that file, mode 600",
+            )
         files[host_path.name] = secret_bytes(source.read_bytes())
     return Local(env_path if values is not None else None, values, files)
 
@@ -127,21 +140,25 @@ def read_env_file(path: Path) -> dict[str, str]:
         raise SecretsError(
             f"{path} cannot be read safely: " + "; ".join(problems),
             "write one KEY=value per line; put a multi-line value (a PEM key) in double "
-            "quotes, e.g. KEY=\"-----BEGIN ...\\n...\" or with real line breaks inside quotes",
+            'quotes, e.g. KEY="-----BEGIN ...\\n..." or with real line breaks inside quotes',
         )
     values = {k: v for k, v in dotenv_values(path, interpolate=False).items() if v is not None}
     for key, value in values.items():
         if not KEY.match(key):
-            raise SecretsError(f"{path}: {key!r} is not a valid variable name",
-                               "use letters, digits and '_', not starting with a digit")
+            raise SecretsError(
+                f"{path}: {key!r} is not a valid variable name",
+                "use letters, digits and '_', not starting with a digit",
+            )
         if value.startswith("-----BEGIN ") and "-----END " not in value:
             raise SecretsError(
                 f"{path}: the value of {key} starts a PEM block that does not end in it",
                 "put the whole key in double quotes, line breaks included",
             )
         if FORBIDDEN.search(value):
-            raise SecretsError(f"{path}: the value of {key} holds a control character",
-                               "remove it (a carriage return from a Windows editor?)")
+            raise SecretsError(
+                f"{path}: the value of {key} holds a control character",
+                "remove it (a carriage return from a Windows editor?)",
+            )
     return values
 
 
@@ -158,8 +175,12 @@ def render_env(values: dict[str, str]) -> bytes:
     """The host env file: every value double-quoted, escaped so Compose reads it back."""
     rows = [HEADER]
     for key, value in values.items():
-        escaped = (value.replace("\\", "\\\\").replace('"', '\\"')
-                   .replace("$", "\\$").replace("\n", "\\n"))
+        escaped = (
+            value.replace("\\", "\\\\")
+            .replace('"', '\\"')
+            .replace("$", "\\$")
+            .replace("\n", "\\n")
+        )
         rows.append(f'{key}="{escaped}"\n')
     return "".join(rows).encode()
 
@@ -167,13 +188,16 @@ def render_env(values: dict[str, str]) -> bytes:
 def parse_host_env(text: str) -> dict[str, str]:
     """Read back a host env file: ours exactly, a hand-written one by python-dotenv."""
     if not text.startswith(HEADER):
-        return {k: v or "" for k, v in dotenv_values(stream=io.StringIO(text),
-                                                     interpolate=False).items()}
+        return {
+            k: v or ""
+            for k, v in dotenv_values(stream=io.StringIO(text), interpolate=False).items()
+        }
     values = {}
-    for row in text[len(HEADER):].splitlines():
+    for row in text[len(HEADER) :].splitlines():
         key, _, quoted = row.partition("=")
-        values[key] = re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1),
-                             quoted[1:-1])
+        values[key] = re.sub(
+            r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), quoted[1:-1]
+        )
     return values
 
 
@@ -192,7 +216,9 @@ def compare(target: Target, d: Deployment, local: Local) -> Change:
         current = parse_host_env(text + "\n") if rc == 0 else {}
         change.added = [k for k in local.values if k not in current]
         change.removed = [k for k in current if k not in local.values]
-        change.changed = [k for k in local.values if k in current and current[k] != local.values[k]]
+        change.changed = [
+            k for k in local.values if k in current and current[k] != local.values[k]
+        ]
         change.unchanged = [k for k in local.values if current.get(k) == local.values[k]]
         if rc == 0 and not text.startswith(HEADER.strip()) and not change.any:
             change.files[d.env_file.name] = "rewritten in opsfab's quoting"
@@ -217,8 +243,9 @@ def push(target: Target, inventory: Inventory, d: Deployment) -> Change:
     if not change.any:
         return change
     uploads: dict[str, bytes] = {}
-    if local.values is not None and (change.added or change.removed or change.changed
-                                     or d.env_file.name in change.files):
+    if local.values is not None and (
+        change.added or change.removed or change.changed or d.env_file.name in change.files
+    ):
         uploads[d.env_file.name] = render_env(local.values)
     for name, outcome in change.files.items():
         if name in local.files and outcome != "unchanged":
@@ -231,7 +258,7 @@ def write_files(target: Target, d: Deployment, uploads: dict[str, bytes]) -> Non
     folder, root = str(d.secrets_dir), str(d.secrets_dir.parent)
     suffix = ".opsfab-" + token.token_hex(4)
     staged = {name: f"{folder}/.{name}{suffix}" for name in uploads}
-    prepare = ("umask 077 && " + line(["mkdir", "-p", folder], ["chmod", "700", root, folder]))
+    prepare = "umask 077 && " + line(["mkdir", "-p", folder], ["chmod", "700", root, folder])
     for path in staged.values():
         prepare += " && : > " + line([path]) + " && " + line(["chmod", "600", path])
     target.run(prepare, fix="check the ops root exists and is writable (fab bootstrap)")
@@ -246,6 +273,8 @@ def write_files(target: Target, d: Deployment, uploads: dict[str, bytes]) -> Non
 
 def check_names(app: str, env: str, inventory: Inventory) -> Deployment:
     if app == "infra":
-        raise UsageError("secrets of the infrastructure are not pushed by opsfab yet",
-                         "copy them to <ops root>/secrets/infra/ with mode 600")
+        raise UsageError(
+            "secrets of the infrastructure are not pushed by opsfab yet",
+            "copy them to <ops root>/secrets/infra/ with mode 600",
+        )
     return inventory.deployment(app, env)

@@ -20,7 +20,7 @@ from .target import Target, line
 
 INSPECT_FORMAT = (
     "{{.Name}}|{{.State.Status}}|"
-    "{{if index .State \"Health\"}}{{.State.Health.Status}}{{else}}none{{end}}|"
+    '{{if index .State "Health"}}{{.State.Health.Status}}{{else}}none{{end}}|'
     "{{.RestartCount}}|{{.State.ExitCode}}|{{.State.StartedAt}}|{{.HostConfig.Memory}}|{{.Id}}"
 )
 # Memory in use per running container, as docker stats counts it (usage minus the
@@ -31,7 +31,8 @@ MEMORY_SCRIPT = r"""for id in $(docker ps -q --no-trunc); do
     if [ -r $d/memory.current ]; then
       echo "$id $(cat $d/memory.current) $(sed -n 's/^inactive_file //p' $d/memory.stat)"; break
     elif [ -r $d/memory.usage_in_bytes ]; then
-      echo "$id $(cat $d/memory.usage_in_bytes) $(sed -n 's/^total_inactive_file //p' $d/memory.stat)"; break
+      echo "$id $(cat $d/memory.usage_in_bytes) \
+        $(sed -n 's/^total_inactive_file //p' $d/memory.stat)"; break
     fi
   done
 done"""
@@ -85,21 +86,25 @@ def status_sections(deployments: list[Deployment], extra: list[str]) -> list[tup
     containers = [s.container for d in deployments for s in d.services] + extra
     items = [
         ("now", line(["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"])),
-        ("inspect", line(["docker", "container", "inspect", "--format", INSPECT_FORMAT,
-                          *containers])),
+        (
+            "inspect",
+            line(["docker", "container", "inspect", "--format", INSPECT_FORMAT, *containers]),
+        ),
         ("memory", MEMORY_SCRIPT),
     ]
     for d in deployments:
-        items.append((f"head {d.name}", line(["git", "-C", str(d.repo_dir), "log", "-1",
-                                              "--format=%H"])))
+        items.append(
+            (f"head {d.name}", line(["git", "-C", str(d.repo_dir), "log", "-1", "--format=%H"]))
+        )
     if deployments:
         log = str(deployments[0].deploy_log)
         items.append(("log", line(["tail", "-n", str(LOG_LINES), log])))
     return items
 
 
-def status(target: Target, inventory: Inventory, deployments: list[Deployment],
-           with_infra: bool = True) -> list[Row]:
+def status(
+    target: Target, inventory: Inventory, deployments: list[Deployment], with_infra: bool = True
+) -> list[Row]:
     """Rows for the deployments (all on ``target``'s host), in one round trip."""
     host_name = deployments[0].host_name if deployments else target.name
     extra = infra_containers(inventory, host_name) if with_infra else []
@@ -107,8 +112,9 @@ def status(target: Target, inventory: Inventory, deployments: list[Deployment],
     return rows(probe.parse(result.stdout), deployments, extra)
 
 
-def rows(raw: dict[str, tuple[int, str]], deployments: list[Deployment],
-         extra: list[str]) -> list[Row]:
+def rows(
+    raw: dict[str, tuple[int, str]], deployments: list[Deployment], extra: list[str]
+) -> list[Row]:
     now = _time(raw.get("now", (1, ""))[1].strip()) or datetime.now(UTC)
     states = {}
     for text in raw.get("inspect", (1, ""))[1].splitlines():
@@ -123,8 +129,13 @@ def rows(raw: dict[str, tuple[int, str]], deployments: list[Deployment],
         commit = head[1].strip() if head[0] == 0 and head[1].strip() else None
         record = last.get((d.app_name, d.env), {})
         for s in d.services:
-            row = Row(d.name, s.container, commit=commit, deployed_at=record.get("time"),
-                      last_result=record.get("result"))
+            row = Row(
+                d.name,
+                s.container,
+                commit=commit,
+                deployed_at=record.get("time"),
+                last_result=record.get("result"),
+            )
             _fill(row, states.get(s.container), memory, now)
             table.append(row)
     for name in extra:
@@ -187,21 +198,27 @@ def _time(text: str) -> datetime | None:
 
 
 def table(rows_: list[Row]) -> str:
-    header = ("DEPLOYMENT", "CONTAINER", "STATE", "HEALTH", "UP", "MEMORY", "COMMIT",
-              "DEPLOYED")
-    body = [header] + [(
-        r.deployment, r.container,
-        r.state if r.state != "exited" else f"exited({r.exit_code})",
-        r.health if r.state != "missing" else "-",
-        duration(r.uptime_s) + (f" r{r.restarts}" if r.restarts else ""),
-        memory_text(r),
-        (r.commit or "-")[:12],
-        ((r.deployed_at or "-").replace("T", " ")[:16]
-         + (f" {r.last_result}" if r.last_result and r.last_result != "ok" else "")),
-    ) for r in rows_]
+    header = ("DEPLOYMENT", "CONTAINER", "STATE", "HEALTH", "UP", "MEMORY", "COMMIT", "DEPLOYED")
+    body = [header] + [
+        (
+            r.deployment,
+            r.container,
+            r.state if r.state != "exited" else f"exited({r.exit_code})",
+            r.health if r.state != "missing" else "-",
+            duration(r.uptime_s) + (f" r{r.restarts}" if r.restarts else ""),
+            memory_text(r),
+            (r.commit or "-")[:12],
+            (
+                (r.deployed_at or "-").replace("T", " ")[:16]
+                + (f" {r.last_result}" if r.last_result and r.last_result != "ok" else "")
+            ),
+        )
+        for r in rows_
+    ]
     widths = [max(len(row[i]) for row in body) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in body)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in body
+    )
 
 
 def memory_text(row: Row) -> str:
@@ -232,13 +249,15 @@ def as_json(rows_: list[Row]) -> list[dict]:
 # -- logs ---------------------------------------------------------------------------
 
 
-def logs_line(d: Deployment, service: str | None = None, tail: int = 50,
-              follow: bool = False) -> str:
+def logs_line(
+    d: Deployment, service: str | None = None, tail: int = 50, follow: bool = False
+) -> str:
     """``docker compose logs`` of the deployment (or one service), project explicit."""
     names = [s.name for s in d.services]
     if service is not None and service not in names:
-        raise UsageError(f"{d.app_name} has no service {service!r}",
-                         f"use one of: {', '.join(names)}")
+        raise UsageError(
+            f"{d.app_name} has no service {service!r}", f"use one of: {', '.join(names)}"
+        )
     if int(tail) < 0:
         raise UsageError(f"--tail {tail}: give a number of lines, 0 or more", "--tail 50")
     argv = [*d.compose, "logs", "--no-color", "--tail", str(int(tail))]

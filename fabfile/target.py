@@ -14,6 +14,7 @@ import os
 import shlex
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,19 @@ class Target:
     def __init__(self, name: str) -> None:
         self.name = name
         self.stats = Stats()
+        self.secrets: set[str] = set()
+
+    def add_secrets(self, values: Iterable[str]) -> None:
+        """Values to mask in every output this target returns or reports."""
+        for value in values:
+            for piece in (value, *value.splitlines()):
+                if len(piece.strip()) >= 4:
+                    self.secrets.add(piece.strip())
+
+    def redact(self, text: str) -> str:
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(secret, "[REDACTED]")
+        return text
 
     def run(
         self,
@@ -75,10 +89,17 @@ class Target:
     ) -> Result:
         started = time.perf_counter()
         result = self._run(command, timeout=timeout, stream=stream)
+        if self.secrets:
+            result.stdout, result.stderr = self.redact(result.stdout), self.redact(result.stderr)
         self.stats.commands += 1
         self.stats.remote_seconds += time.perf_counter() - started
         self.stats.log.append(command)
         log.debug("[%s] exit %s: %s", self.name, result.exited, command)
+        if result.exited == -1:  # the channel closed without an exit status
+            raise ConnectError(
+                f"[{self.name}] lost the connection while running: {command[:200]}",
+                "check the host and the network, then look at its state before retrying",
+            )
         if check and not result.ok:
             raise RemoteCommandError(
                 self.name, command, result.exited, result.stdout + result.stderr, fix

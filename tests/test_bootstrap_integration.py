@@ -31,8 +31,13 @@ def test_bootstrap_then_no_changes_then_deploy(ops: OpsEnv):
     assert ops.repo_head("dev") == ops.origin.head("develop")
     for name in (ops.shared_network, f"{ops.app}-prod-net", f"{ops.app}-dev-net"):
         assert docker("network", "inspect", name, check=False).returncode == 0
-    label = docker("volume", "inspect", "--format",
-                   '{{index .Labels "com.docker.compose.project"}}', f"{ops.app}-prod-pg")
+    label = docker(
+        "volume",
+        "inspect",
+        "--format",
+        '{{index .Labels "com.docker.compose.project"}}',
+        f"{ops.app}-prod-pg",
+    )
     assert label.stdout.strip() == f"{ops.app}-prod"
 
     (ops.ops_root / "backups").chmod(0o755)

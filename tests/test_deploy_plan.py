@@ -22,6 +22,7 @@ from fabfile.probe import Facts
 from fabfile.target import Result, Target
 from tests.support.deployenv import REPO_ROOT
 
+UNLOCK = r"status=\$\?; rm -rf -- /opt/ops/locks"  # the record line releases the lock
 HEALTHY = "/quickpulse-dev|abc|sha256:new|running|healthy|0|0|2026-12-03T10:00:00Z"
 UNHEALTHY = "/quickpulse-dev|abc|sha256:new|running|unhealthy|0|0|2026-12-03T10:00:00Z"
 
@@ -79,9 +80,11 @@ def test_plan_commands_are_exact_and_explicit_about_the_compose_project(inv):
     assert plan(inv, "dev")["source"][1].count("origin/develop") == 1
     [remember] = prod["remember"]
     assert remember.endswith(
-        "{ if docker image inspect opsfab/quickpulse-prod:latest >/dev/null 2>&1; then "
-        "docker image tag opsfab/quickpulse-prod:latest opsfab/quickpulse-prod:rollback; fi; }"
+        "{ if id=$(docker container inspect --format '{{.Image}}' quickpulse-prod 2>/dev/null); "
+        'then docker image tag "$id" opsfab/quickpulse-prod:rollback; fi; }'
     )
+    assert "update-ref refs/opsfab/rollback-prev refs/opsfab/rollback" in remember
+    assert "update-ref refs/opsfab/rollback refs/opsfab/current" in remember
 
 
 def test_ref_is_checked_before_anything_runs(inv):
@@ -201,6 +204,28 @@ def test_lock_error_names_holder_and_start_time(inv):
 # -- the runner against a scripted host --------------------------------------------------
 
 
+class FakeClock:
+    """Health waits sleep on this clock instead of the real one."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def fake_clock(monkeypatch):
+    from fabfile import health
+
+    clock = FakeClock()
+    monkeypatch.setattr(health, "time", clock)
+    return clock
+
+
 class ScriptedHost(Target):
     """Answers each command by the first matching rule; records what ran."""
 
@@ -283,7 +308,7 @@ def test_healthy_deploy_runs_the_steps_in_order_and_releases_the_lock(inv):
             "up -d",
             "image prune",
             "deploy.log",
-            r"rm -rf -- /opt/ops/locks",
+            UNLOCK,
         )
     ]
     assert [host.stats.log.index(c) for c in order] == sorted(
@@ -323,7 +348,7 @@ def test_health_failure_rolls_back_configs_commit_and_images_then_checks_health(
         for c in after
     )
     assert len(ran(host, "up -d --no-build")) == 2
-    assert run.last_record["result"] == "rolled-back" and ran(host, r"rm -rf -- /opt/ops/locks")
+    assert run.last_record["result"] == "rolled-back" and ran(host, UNLOCK)
     assert not ran(host, "image prune")
 
 
@@ -344,9 +369,9 @@ def test_build_failure_rolls_back_without_recreating_containers(inv):
 def test_first_deploy_failure_has_nothing_to_roll_back_and_says_so(inv):
     host, run, error = run_with(inv, [(r"build --no-cache", 1, "boom")], repo_head=None)
     assert isinstance(error, DeployFailed)
-    assert "first deploy" in error.message
+    assert "no earlier version of this deployment ever ran" in error.message
     assert not ran(host, "reset --hard refs/opsfab/rollback")
-    assert run.last_record["result"] == "failed" and ran(host, r"rm -rf -- /opt/ops/locks")
+    assert run.last_record["result"] == "failed" and ran(host, UNLOCK)
 
 
 def test_preflight_refusal_changes_nothing(inv):
@@ -367,4 +392,102 @@ def test_failure_before_the_source_changes_puts_only_the_configs_back(inv):
     assert "previous configs are back" in error.message
     assert ran(host, r"docker-compose.yml.prev .*docker-compose.yml.restore")
     assert not ran(host, "reset --hard") and not ran(host, "build") and not ran(host, "up -d")
-    assert run.last_record["result"] == "rolled-back" and ran(host, r"rm -rf -- /opt/ops/locks")
+    assert run.last_record["result"] == "failed" and ran(host, UNLOCK)
+
+
+def test_a_branch_given_as_ref_means_the_origins_branch(inv):
+    d = inv.deployment("quickpulse", "prod")
+    run = Deploy(inv, d, None, Options(ref="main", dry_run=True), Reporter(quiet=True))
+    source = run.steps[5].plan(run)[1].show()
+    assert "if git -C /opt/ops/apps/quickpulse/prod/repo rev-parse -q --verify refs/remotes/origin/main" in source
+    assert "then git -C /opt/ops/apps/quickpulse/prod/repo reset --hard origin/main --;" in source
+    assert "else git -C /opt/ops/apps/quickpulse/prod/repo reset --hard 'main^{commit}' --;" in source
+
+
+def test_interrupt_during_health_rolls_back(inv):
+    class Host(ScriptedHost):
+        def _run(self, command, *, timeout, stream):
+            if command.startswith("docker container inspect --format '{{.Name}}"):
+                if not ran(self, r"reset --hard refs/opsfab/rollback"):
+                    raise KeyboardInterrupt
+                return Result(command, HEALTHY, "", 0)
+            return super()._run(command, timeout=timeout, stream=stream)
+
+    host = Host([(r"^echo '@@opsfab docker'", 0, probe_output()), (r"rev-parse HEAD$", 0, "b" * 40)])
+    run = Deploy(inv, inv.deployment("quickpulse", "dev"), host, Options(actor="t"), Reporter(quiet=True))
+    with pytest.raises(DeployFailed, match="interrupted") as err:
+        run.execute()
+    assert "rolled back" in err.value.message
+    assert ran(host, "update-ref refs/opsfab/rollback refs/opsfab/rollback-prev")
+    assert run.last_record["result"] == "rolled-back"
+
+
+def test_failed_deploy_puts_the_previous_rollback_point_back(inv):
+    host, run, error = run_with(inv, [(r"build --no-cache", 1, "boom"),
+                                      (r"container inspect --format '\{\{\.Name", 0, HEALTHY)])
+    assert isinstance(error, DeployFailed)
+    restore = ran(host, "update-ref refs/opsfab/rollback refs/opsfab/rollback-prev")
+    assert restore and "opsfab/quickpulse-dev:rollback-prev opsfab/quickpulse-dev:rollback" in restore[0]
+    assert not ran(host, "update-ref refs/opsfab/current")  # current moves only on success
+
+
+def test_success_moves_current_and_drops_the_saved_pointers(inv):
+    host, run, error = run_with(inv, [(r"container inspect --format '\{\{\.Name", 0, HEALTHY)])
+    assert error is None
+    [cleanup] = ran(host, "image prune")
+    assert cleanup.startswith("git -C /opt/ops/apps/quickpulse/dev/repo update-ref refs/opsfab/current HEAD")
+    assert "docker image rm opsfab/quickpulse-dev:rollback-prev" in cleanup
+
+
+def test_secret_values_are_masked_in_every_output(inv):
+    probe = probe_output().replace("@@opsfab-rc 0\n@@opsfab image", "@@opsfab-rc 0\n@@opsfab envfile\n"
+                                   "KINGDEE_APP_SECRET=\"s3cr3t-canary\"\n@@opsfab-rc 0\n@@opsfab image", 1)
+    host = ScriptedHost([(r"^echo '@@opsfab docker'", 0, probe), (r"rev-parse HEAD$", 0, "b" * 40),
+                         (r"build --no-cache", 1, "Step 3: echo s3cr3t-canary\nboom")])
+    run = Deploy(inv, inv.deployment("quickpulse", "dev"), host, Options(actor="t"), Reporter(quiet=True))
+    with pytest.raises(DeployFailed) as err:
+        run.execute()
+    assert "s3cr3t-canary" not in err.value.message and "[REDACTED]" in err.value.message
+
+
+def test_env_file_lines_compose_would_misread_are_refused_by_line_and_key(inv):
+    from fabfile.deploy import env_file_problems
+
+    d = inv.deployment("quickpulse", "prod")
+    text = 'A=1\nKINGDEE_APP_SECRET="tok3n-open\nB=pa$sw0rd\nC=\'li$teral\'\nD=x$$y\nE=x\\$y\n'
+    problems = env_file_problems(d, text)
+    messages = "\n".join(m for m, _ in problems)
+    assert "prod.env line 2 is not KEY=value" in messages
+    assert "line 3: the value of B holds a '$'" in messages
+    assert "value of C" not in messages and "value of D" not in messages
+    assert "value of E" not in messages
+    assert "tok3n" not in messages and "sw0rd" not in messages
+
+
+def test_a_container_that_dies_right_after_turning_healthy_fails_the_deploy(inv):
+    states = iter([HEALTHY, HEALTHY.replace("|0|0|", "|1|0|")])
+
+    class Host(ScriptedHost):
+        def _run(self, command, *, timeout, stream):
+            if command.startswith("docker container inspect --format '{{.Name}}") and not ran(
+                self, "reset --hard refs/opsfab/rollback"
+            ):
+                return Result(command, next(states, HEALTHY), "", 0)
+            return super()._run(command, timeout=timeout, stream=stream)
+
+    host = Host([(r"^echo '@@opsfab docker'", 0, probe_output()), (r"rev-parse HEAD$", 0, "b" * 40),
+                 (r"container inspect --format '\{\{\.Name", 0, HEALTHY)])
+    run = Deploy(inv, inv.deployment("quickpulse", "dev"), host, Options(actor="t"), Reporter(quiet=True))
+    with pytest.raises(DeployFailed, match="is restarting"):
+        run.execute()
+
+
+def test_past_restarts_of_a_container_that_was_not_recreated_are_not_a_failure(inv):
+    from fabfile import health
+    from fabfile.probe import parse_state
+
+    d = inv.deployment("quickpulse", "dev")
+    before = parse_state(HEALTHY.replace("|0|0|", "|2|0|"))
+    assert health.failure({before.name: before}, d, {before.id: 2}) is None
+    assert "restarting" in health.failure({before.name: before}, d, {})
+    health.check_now({before.name: before}, d)  # fab health: healthy now is healthy

@@ -29,8 +29,9 @@ def test_doctor_finds_and_fixes_a_container_off_the_shared_network(ops: OpsEnv):
 def test_doctor_reports_unhealthy_container_and_wrong_upstream(ops: OpsEnv):
     deploy(ops)
     conf = ops.ops_root / "infra/nginx/conf.d" / f"20-{ops.app}.conf"
-    conf.write_text(conf.read_text().replace(f"http://{ops.container()}:",
-                                             "http://quickpulse-prd:"))
+    conf.write_text(
+        conf.read_text().replace(f"http://{ops.container()}:", "http://quickpulse-prd:")
+    )
     docker("exec", ops.container(), "rm", "/www/health")
     for _ in range(60):
         if ops.inspect(ops.container(), "{{.State.Health.Status}}") == "unhealthy":

@@ -51,3 +51,10 @@ def test_unknown_key_is_named_with_its_path_and_the_fix(folder: Path):
 def test_missing_file_names_the_fix(tmp_path: Path):
     with pytest.raises(InventoryError, match="no such file"):
         inventory_mod.load(tmp_path / "nope.toml")
+
+
+def test_a_malformed_pinned_host_key_is_an_inventory_error(folder: Path):
+    (folder / "hosts.toml").write_text(MINIMAL + 'host_key = "ssh-ed25519 not-base64!"\n')
+    with pytest.raises(InventoryError) as err:
+        inventory_mod.load(folder / "hosts.toml")
+    assert "hosts.cvm.host_key: not a valid SSH public key" in str(err.value)

@@ -9,7 +9,10 @@ from tests.support.deployenv import CANARY
 from tests.support.docker import docker
 from tests.support.opsfixtures import PG_PASSWORD, OpsEnv, deploy
 
-PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nAbCd+/==\n-----END PRIVATE KEY-----"
+PEM = (
+    "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nAbCd+/==\n"
+    "-----END PRIVATE KEY-----"
+)
 
 
 def local(ops: OpsEnv, env: str = "prod") -> Path:
@@ -67,8 +70,13 @@ def test_pushed_values_reach_the_container_exactly(ops: OpsEnv):
     push = ops.fab("secrets.push", ops.app, "prod")
     assert push.returncode == 0, push.stderr
     deploy(ops)
-    env = docker("exec", ops.container(), "sh", "-c",
-                 'printf "%s" "$TLS_KEY"; echo; echo "$KINGDEE_ACCT_ID"').stdout
+    env = docker(
+        "exec",
+        ops.container(),
+        "sh",
+        "-c",
+        'printf "%s" "$TLS_KEY"; echo; echo "$KINGDEE_ACCT_ID"',
+    ).stdout
     # python-dotenv reads '\\\\' in single quotes as one backslash; $b stays literal.
     assert env == PEM + "\n" + 'a $b "c" \\d' + "\n"
 
@@ -76,12 +84,39 @@ def test_pushed_values_reach_the_container_exactly(ops: OpsEnv):
     # and the database (initialised from the Docker secret) accepts it over TCP.
     secret = ops.ops_root / "secrets" / ops.app / "pg_prod_password.txt"
     assert secret.read_bytes() == PG_PASSWORD.encode()
-    ok = docker("exec", "-e", f"PGPASSWORD={PG_PASSWORD}", ops.db(), "psql", "-h",
-                "127.0.0.1", "-U", "postgres", "-d", "appdb", "-Atc", "SELECT 42", check=False)
+    ok = docker(
+        "exec",
+        "-e",
+        f"PGPASSWORD={PG_PASSWORD}",
+        ops.db(),
+        "psql",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+        "-d",
+        "appdb",
+        "-Atc",
+        "SELECT 42",
+        check=False,
+    )
     assert ok.stdout.strip() == "42", ok.stderr
-    bad = docker("exec", "-e", f"PGPASSWORD={PG_PASSWORD}\n", ops.db(), "psql", "-h",
-                 "127.0.0.1", "-U", "postgres", "-d", "appdb", "-Atc", "SELECT 42",
-                 check=False)
+    bad = docker(
+        "exec",
+        "-e",
+        f"PGPASSWORD={PG_PASSWORD}\n",
+        ops.db(),
+        "psql",
+        "-h",
+        "127.0.0.1",
+        "-U",
+        "postgres",
+        "-d",
+        "appdb",
+        "-Atc",
+        "SELECT 42",
+        check=False,
+    )
     assert bad.returncode != 0
 
 
@@ -95,8 +130,10 @@ def test_refusals_name_keys_and_lines_never_values(ops: OpsEnv):
     local(ops).write_text(f"KINGDEE_APP_SECRET={CANARY}\nTLS_KEY={PEM}\n")
     cut = ops.fab("secrets.push", ops.app, "prod")
     assert cut.returncode == 2, cut.stdout
-    assert "TLS_KEY starts a PEM block that does not end in it" in cut.stderr \
+    assert (
+        "TLS_KEY starts a PEM block that does not end in it" in cut.stderr
         or "cannot be read safely" in cut.stderr
+    )
     assert "MIIE" not in cut.stderr
     before = host_env(ops).read_text()
     assert CANARY in before  # the fixture's file is untouched

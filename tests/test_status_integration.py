@@ -43,7 +43,8 @@ def test_status_of_six_containers_in_one_round_trip(ops: OpsEnv):
     assert as_json.returncode == 0, as_json.stderr
     data = json.loads(as_json.stdout)["testhost"]
     assert sorted(r["container"] for r in data) == sorted(
-        [ops.container("prod"), ops.db("prod"), f"{ops.app}-cache-prod"])
+        [ops.container("prod"), ops.db("prod"), f"{ops.app}-cache-prod"]
+    )
     assert all(r["uptime_s"] >= 0 and r["health"] == "healthy" for r in data)
 
 

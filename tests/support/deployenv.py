@@ -131,6 +131,7 @@ volumes = ["{app}-{{env}}-data"]
 health_tries = {health_tries}
 health_timeout = {health_timeout}
 health_poll = 0.5
+health_settle = 1
 
 [apps.{app}.services.app]
 container = "{app}-{{env}}"

@@ -59,13 +59,25 @@ class OpsEnv(DeployEnv):
         return f"{self.app}-db-{env}"
 
     def psql(self, sql: str, env: str = "prod") -> str:
-        result = docker("exec", self.db(env), "psql", "-U", "postgres", "-d", "appdb",
-                        "-AtX", "-c", sql, check=False)
+        result = docker(
+            "exec",
+            self.db(env),
+            "psql",
+            "-U",
+            "postgres",
+            "-d",
+            "appdb",
+            "-AtX",
+            "-c",
+            sql,
+            check=False,
+        )
         return (result.stdout + result.stderr).strip()
 
     def sqlite(self, sql: str, env: str = "prod") -> str:
-        result = docker("exec", self.container(env), "sqlite3", "/app/data/app.db", sql,
-                        check=False)
+        result = docker(
+            "exec", self.container(env), "sqlite3", "/app/data/app.db", sql, check=False
+        )
         return (result.stdout + result.stderr).strip()
 
     def backups(self, kind: str) -> list[Path]:
@@ -79,11 +91,28 @@ class OpsEnv(DeployEnv):
         return [json.loads(t) for t in log.read_text().splitlines() if t.strip()]
 
 
-def write_ops_inventory(path: Path, *, app: str, sshd, ops_root: Path, origin: OriginRepo,
-                        pg_image: str, extra_host: str = "", extra: str = "",
-                        user_override: dict | None = None) -> Path:
-    write_inventory(path, app=app, sshd=sshd, ops_root=ops_root, origin=origin,
-                    extra_host=extra_host, health_tries=6, health_timeout=10)
+def write_ops_inventory(
+    path: Path,
+    *,
+    app: str,
+    sshd,
+    ops_root: Path,
+    origin: OriginRepo,
+    pg_image: str,
+    extra_host: str = "",
+    extra: str = "",
+    user_override: dict | None = None,
+) -> Path:
+    write_inventory(
+        path,
+        app=app,
+        sshd=sshd,
+        ops_root=ops_root,
+        origin=origin,
+        extra_host=extra_host,
+        health_tries=6,
+        health_timeout=10,
+    )
     text = path.read_text()
     text = text.replace(
         f'volumes = ["{app}-{{env}}-data"]',
@@ -101,7 +130,8 @@ environment = {{ POSTGRES_DB = "appdb", POSTGRES_PASSWORD_FILE = "/run/secrets/p
 secrets = {{ pg_password = "pg_{{env}}_password.txt" }}
 volumes = {{ "{app}-{{env}}-pg" = "/var/lib/postgresql/data" }}
 networks = ["{app}-{{env}}-net"]
-health = {{ cmd = ["pg_isready", "-U", "postgres", "-h", "127.0.0.1"], interval = 1, timeout = 3, retries = 5, start_period = 20 }}
+health = {{ cmd = ["pg_isready", "-U", "postgres", "-h", "127.0.0.1"], interval = 1, \
+timeout = 3, retries = 5, start_period = 20 }}
 
 [apps.{app}.services.cache]
 container = "{app}-cache-{{env}}"
@@ -138,8 +168,14 @@ def ops(sshd, base_image, pg_images, docker_prefix, tmp_path) -> Iterator[OpsEnv
     origin = OriginRepo(tmp_path / "origin", base_image=tools_image)
     project = tmp_path / "project"
     project.mkdir()
-    inventory = write_ops_inventory(project / "hosts.toml", app=app, sshd=sshd,
-                                    ops_root=ops_root, origin=origin, pg_image=pg_image)
+    inventory = write_ops_inventory(
+        project / "hosts.toml",
+        app=app,
+        sshd=sshd,
+        ops_root=ops_root,
+        origin=origin,
+        pg_image=pg_image,
+    )
     for env in ("prod", "dev"):
         write_secrets(ops_root, app, env)
         write_local_secrets(project, app, env)

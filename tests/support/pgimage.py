@@ -82,7 +82,9 @@ def _ensure(name: str, changes: list[str]) -> str:
     options = [f"ENV PATH=/bin:/usr/bin:{pg_bin()}", "ENV TZ=UTC", "ENV LANG=C", *changes]
     result = subprocess.run(
         ["docker", "import", *[x for o in options for x in ("-c", o)], "-", name],
-        input=rootfs, capture_output=True, timeout=600,
+        input=rootfs,
+        capture_output=True,
+        timeout=600,
     )
     if result.returncode != 0:
         raise RuntimeError(f"docker import of {name} failed: {result.stderr.decode()}")
@@ -108,9 +110,10 @@ def postgres_rootfs() -> bytes:
     programs = [binaries / b for b in BINARIES] + [SQLITE]
     buffer = io.BytesIO(busybox_rootfs(BUSYBOX))
     out = io.BytesIO()
-    with tarfile.open(fileobj=buffer) as base, tarfile.open(
-        fileobj=out, mode="w", format=tarfile.PAX_FORMAT
-    ) as tar:
+    with (
+        tarfile.open(fileobj=buffer) as base,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         for member in base.getmembers():
             if member.name in ("etc/passwd", "etc/group"):
                 continue
@@ -119,8 +122,9 @@ def postgres_rootfs() -> bytes:
         _text(tar, "etc/group", _GROUP)
         _text(tar, "entrypoint.sh", ENTRYPOINT, 0o755)
         # Debian's layout as is: postgres finds share/ and lib/ relative to its bin/.
-        modules = [m for m in (binaries.parent / "lib").glob("*.so")
-                   if not m.name.startswith("llvmjit")]
+        modules = [
+            m for m in (binaries.parent / "lib").glob("*.so") if not m.name.startswith("llvmjit")
+        ]
         for program in programs + modules:
             tar.add(str(program), str(program).lstrip("/"))
         for lib in sorted(_libraries(programs + modules)):
@@ -138,8 +142,9 @@ def postgres_rootfs() -> bytes:
 def _libraries(programs: list[Path]) -> set[Path]:
     libs: set[Path] = set()
     for program in programs:
-        out = subprocess.run(["ldd", str(program)], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            ["ldd", str(program)], capture_output=True, text=True, check=True
+        ).stdout
         for row in out.splitlines():
             parts = row.split()
             if "=>" in parts and len(parts) >= 3 and parts[2].startswith("/"):
