@@ -219,38 +219,21 @@ class Deploy:
             f"deploy {d.app_name} {d.env} to {d.host_name} "
             f"({d.host.user}@{d.host.address}), id {self.id}"
         )
-        result, failed_step, error, locked = "interrupted", None, None, False
+        result, failed_step, error = "interrupted", None, None
         try:
-            for number, step in enumerate(self.steps[:9], 1):
-                started = time.perf_counter()
-                try:
-                    outcome, detail = step.run(self) if step.run else self._run_plan(step)
-                except (OpsfabError, KeyboardInterrupt) as exc:
-                    seconds = time.perf_counter() - started
-                    self.timings[step.name] = round(seconds, 3)
-                    self.out.step(number, total, step.name, "FAILED", seconds)
-                    if isinstance(exc, KeyboardInterrupt):
-                        exc = OpsfabError(
-                            "interrupted (Ctrl-C or SIGTERM)", "check the output above and redeploy"
-                        )
-                    failed_step, error = step.name, exc
-                    break
-                seconds = time.perf_counter() - started
-                self.timings[step.name] = round(seconds, 3)
-                self.out.step(number, total, step.name, outcome, seconds, detail)
-                self.reached.add(step.name)
-                locked = locked or step.name == "lock"
+            failed_step, error = self._run_steps(total)
+            locked = "lock" in self.reached
             if error is None:
                 result = "ok"
                 self._timed(11, total, "cleanup", lambda: self._run_plan(self.steps[10]))
             elif failed_step in ROLLBACK_STEPS:
                 result = self._rollback(total)
-            elif failed_step in ("remember", "backup"):
+            elif "configs" in self.reached:
                 result = self._restore_configs(total)
             else:
                 result = "failed"
         finally:
-            if locked:
+            if "lock" in self.reached:
                 self._finish(total, result, failed_step, error)
         if error is None:
             self.out.say(f"deployed {d.name} at {_short(self.new_head)}: healthy")
@@ -272,6 +255,30 @@ class Deploy:
             )
         failure.record = self.last_record
         raise failure
+
+    def _run_steps(self, total: int) -> tuple[str | None, OpsfabError | None]:
+        """Steps 1 to 9; returns the failed step and its error, or (None, None).
+
+        An interrupt counts as a failure of the step it hit; one that lands just after
+        a step finished counts against that step, whose effects then exist."""
+        number, step, started = 0, self.steps[0], time.perf_counter()
+        try:
+            for number, step in enumerate(self.steps[:9], 1):
+                started = time.perf_counter()
+                outcome, detail = step.run(self) if step.run else self._run_plan(step)
+                self.timings[step.name] = round(time.perf_counter() - started, 3)
+                self.out.step(number, total, step.name, outcome, self.timings[step.name], detail)
+                self.reached.add(step.name)
+        except (OpsfabError, KeyboardInterrupt) as exc:
+            if step.name not in self.reached:
+                self.timings[step.name] = round(time.perf_counter() - started, 3)
+                self.out.step(number, total, step.name, "FAILED", self.timings[step.name])
+            if isinstance(exc, KeyboardInterrupt):
+                exc = OpsfabError(
+                    "interrupted (Ctrl-C or SIGTERM)", "check the output above, then redeploy"
+                )
+            return step.name, exc
+        return None, None
 
     def _run_plan(self, step: Step) -> tuple[str, str]:
         actions = step.plan(self)

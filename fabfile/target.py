@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Iterable
@@ -25,6 +26,40 @@ from .errors import ConnectError, HostKeyError, RemoteCommandError
 from .inventory import Host, local_env
 
 log = logging.getLogger(__name__)
+
+
+class _Interrupts:
+    """Ctrl-C and SIGTERM while a remote command runs are held until it returns.
+
+    Invoke forwards a KeyboardInterrupt raised inside a running command to the remote
+    side and then carries on, so the interrupt would be lost. With ``install()`` the
+    signal is noted instead and raised as KeyboardInterrupt as soon as the command
+    returns; between commands it is raised at once.
+    """
+
+    busy = 0
+    pending = False
+
+    @classmethod
+    def install(cls) -> None:
+        signal.signal(signal.SIGINT, cls._handle)
+        signal.signal(signal.SIGTERM, cls._handle)
+
+    @classmethod
+    def _handle(cls, signum, frame) -> None:
+        if cls.busy:
+            cls.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @classmethod
+    def check(cls) -> None:
+        if cls.pending and not cls.busy:
+            cls.pending = False
+            raise KeyboardInterrupt
+
+
+hold_interrupts = _Interrupts.install
 
 
 def line(*argvs: list[str], op: str = "&&") -> str:
@@ -88,7 +123,11 @@ class Target:
         fix: str | None = None,
     ) -> Result:
         started = time.perf_counter()
-        result = self._run(command, timeout=timeout, stream=stream)
+        _Interrupts.busy += 1
+        try:
+            result = self._run(command, timeout=timeout, stream=stream)
+        finally:
+            _Interrupts.busy -= 1
         if self.secrets:
             result.stdout, result.stderr = self.redact(result.stdout), self.redact(result.stderr)
         self.stats.commands += 1
@@ -100,6 +139,7 @@ class Target:
                 f"[{self.name}] lost the connection while running: {command[:200]}",
                 "check the host and the network, then look at its state before retrying",
             )
+        _Interrupts.check()
         if check and not result.ok:
             raise RemoteCommandError(
                 self.name, command, result.exited, result.stdout + result.stderr, fix

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json as _json
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from invoke.parser import Argument
 from . import api
 from .errors import OpsfabError, UsageError
 from .output import Reporter
+from .target import hold_interrupts
 
 
 def reported(func):
@@ -49,8 +49,9 @@ def reported(func):
 def deploy(c, app, env, ref=None, dry_run=False, json=False):
     """Deploy APP ENV: lock, back up, build, check health, roll back on failure."""
     reporter = Reporter(stream=sys.stderr if json else sys.stdout)
-    # A CD job cancelled with SIGTERM rolls back like Ctrl-C instead of dying mid-step.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C, or a CD job cancelled with SIGTERM, rolls back instead of dying mid-step.
+    if not dry_run:
+        hold_interrupts()
     try:
         outcome = api.deploy(app, env, ref=ref, dry_run=dry_run, reporter=reporter)
     except OpsfabError as exc:
@@ -60,9 +61,6 @@ def deploy(c, app, env, ref=None, dry_run=False, json=False):
     if json:
         print(_json.dumps(outcome.record, sort_keys=True))
 
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 @task

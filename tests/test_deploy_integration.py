@@ -294,3 +294,59 @@ def test_host_user_and_key_text_come_from_the_environment(qp: DeployEnv, tmp_pat
     result = qp.fab("health", qp.app, "prod", env=env)
     assert "does not exist" in result.stderr, result.stderr  # connected and asked docker
     assert "BEGIN" not in result.stdout + result.stderr
+
+
+def test_ctrl_c_during_health_rolls_back_to_the_previous_version(qp: DeployEnv):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.support.deployenv import REPO_ROOT
+
+    deployed(qp)
+    good = qp.origin.head()
+    qp.origin.commit_unhealthy()
+    env = {**os.environ, "OPSFAB_INVENTORY": str(qp.inventory)}
+    proc = subprocess.Popen([sys.executable, "-m", "fabric", "deploy", qp.app, "prod"],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen = []
+    for text in proc.stdout:
+        seen.append(text)
+        if "] up " in text:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=300)
+    out = "".join(seen) + out
+    assert proc.returncode == 7, out + err
+    assert "interrupted" in err and "rolled back" in err
+    assert qp.repo_head() == good and qp.health_body() == "ok v1"
+    assert qp.log_records()[-1]["result"] == "rolled-back"
+
+
+def test_failed_deploys_keep_the_rollback_point_for_fab_rollback(qp: DeployEnv):
+    deployed(qp)
+    v1 = qp.origin.head()
+    qp.origin.commit_version("ok v2")
+    deployed(qp)
+    qp.origin.commit_build_failure()
+    assert qp.fab("deploy", qp.app, "prod").returncode == 7
+    qp.origin.commit_unhealthy()
+    assert qp.fab("deploy", qp.app, "prod").returncode == 7
+    assert qp.health_body() == "ok v2"
+
+    result = qp.fab("rollback", qp.app, "prod")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert qp.repo_head() == v1 and qp.health_body() == "ok v1"
+
+
+def test_a_service_without_a_health_check_deploys_on_running(qp: DeployEnv):
+    text = qp.inventory.read_text()
+    text = "\n".join(t for t in text.splitlines() if not t.startswith("health =")
+                     and not t.startswith("start_period")) + "\n"
+    qp.inventory.write_text(text)
+    result = qp.fab("deploy", qp.app, "dev")
+    assert result.returncode == 0, result.stdout + result.stderr
+    health = qp.fab("health", qp.app, "dev")
+    assert health.returncode == 0 and "none" in health.stdout

@@ -491,3 +491,22 @@ def test_past_restarts_of_a_container_that_was_not_recreated_are_not_a_failure(i
     assert health.failure({before.name: before}, d, {before.id: 2}) is None
     assert "restarting" in health.failure({before.name: before}, d, {})
     health.check_now({before.name: before}, d)  # fab health: healthy now is healthy
+
+
+def test_ctrl_c_during_a_remote_build_is_held_and_then_rolls_back(inv):
+    from fabfile import target as target_mod
+
+    class Host(ScriptedHost):
+        def _run(self, command, *, timeout, stream):
+            if "build --no-cache" in command:
+                target_mod._Interrupts._handle(2, None)  # the signal arrives mid-command
+            return super()._run(command, timeout=timeout, stream=stream)
+
+    host = Host([(r"^echo '@@opsfab docker'", 0, probe_output()), (r"rev-parse HEAD$", 0, "b" * 40),
+                 (r"container inspect --format '\{\{\.Name", 0, HEALTHY)])
+    run = Deploy(inv, inv.deployment("quickpulse", "dev"), host, Options(actor="t"), Reporter(quiet=True))
+    with pytest.raises(DeployFailed, match="failed at build: interrupted"):
+        run.execute()
+    assert not ran(host, "up -d")
+    assert ran(host, "docker image tag opsfab/quickpulse-dev:rollback opsfab/quickpulse-dev:latest")
+    assert target_mod._Interrupts.pending is False
