@@ -37,9 +37,7 @@ UPSTREAM = re.compile(
     r"(?P<host>[A-Za-z0-9_.-]+)(?::(?P<port>\d+))?[^;]*;",
     re.M,
 )
-LITERAL_PROXY = re.compile(
-    r"(?:^|[{;])\s*proxy_pass\s+https?://(?P<host>[A-Za-z0-9_.-]+)", re.M
-)
+LITERAL_PROXY = re.compile(r"(?:^|[{;])\s*proxy_pass\s+https?://(?P<host>[A-Za-z0-9_.-]+)", re.M)
 NOT_CONTAINERS = {"127.0.0.1", "localhost", "unix"}
 
 
@@ -72,9 +70,7 @@ def run(path: str | Path | None = None, tree: Path | None = None) -> Report:
     report = Report(inventory.path, validate(inventory) + lint(inventory))
     report.memory = memory_budget(inventory)
     if tree is not None:
-        report.problems += lint_nginx_tree(
-            _conf_files(tree), known_containers(inventory)
-        )
+        report.problems += lint_nginx_tree(_conf_files(tree), known_containers(inventory))
     elif not report.problems:
         report.problems += lint_rendered_nginx(inventory)
     return report
@@ -106,8 +102,7 @@ def structural_problems(inventory: Inventory) -> list[Problem]:
                     problems.append(
                         (
                             f"{key}.depends_on",
-                            f"no service {dep!r} in {where};"
-                            f" use one of {sorted(app.services)}",
+                            f"no service {dep!r} in {where}; use one of {sorted(app.services)}",
                         )
                     )
             for env, locations in svc.rate_limit.items():
@@ -143,8 +138,7 @@ def structural_problems(inventory: Inventory) -> list[Problem]:
                 problems.append(
                     (
                         f"{where}.backup.databases",
-                        f"no service {db!r} in {where};"
-                        f" use one of {sorted(app.services)}",
+                        f"no service {db!r} in {where}; use one of {sorted(app.services)}",
                     )
                 )
         for name, template in app.files.items():
@@ -172,8 +166,7 @@ def _maxmemory_problems(key: str, svc, envs) -> list[Problem]:
         problems.append(
             (
                 f"{key}.maxmemory",
-                "maxmemory is appended to the command; add"
-                ' command = ["redis-server", ...]',
+                'maxmemory is appended to the command; add command = ["redis-server", ...]',
             )
         )
     for env in envs:
@@ -213,9 +206,7 @@ def _extra_file_problems(key: str, name: str, template: str) -> list[Problem]:
 
     problems = []
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
-        problems.append(
-            (key, f'{name!r} must be a plain file name, e.g. "nginx-admin.conf"')
-        )
+        problems.append((key, f'{name!r} must be a plain file name, e.g. "nginx-admin.conf"'))
     if ".." in template.split("/") or not (TEMPLATES / template).is_file():
         problems.append(
             (
@@ -245,9 +236,7 @@ def _infra_problems(inventory: Inventory) -> list[Problem]:
             )
     for text in infra.nginx.reserved_ports:
         if not text.isdigit() or not 1 <= int(text) <= 65535:
-            problems.append(
-                ("infra.nginx.reserved_ports", f"{text!r} is not a port number")
-            )
+            problems.append(("infra.nginx.reserved_ports", f"{text!r} is not a port number"))
     for name in ("daily", "weekly"):
         if not CRON.match(getattr(infra.backup, name)):
             problems.append(
@@ -256,11 +245,7 @@ def _infra_problems(inventory: Inventory) -> list[Problem]:
                     'write a cron schedule of five fields, e.g. "0 3 * * *"',
                 )
             )
-    proxies = [
-        n
-        for n, s in infra.services.items()
-        if s.container_name(n) == host.proxy_container
-    ]
+    proxies = [n for n, s in infra.services.items() if s.container_name(n) == host.proxy_container]
     if infra.services and len(proxies) != 1:
         problems.append(
             (
@@ -280,16 +265,13 @@ def _infra_problems(inventory: Inventory) -> list[Problem]:
         key = f"infra.services.{name}"
         container = svc.container_name(name)
         if not CONTAINER_NAME.match(container):
-            problems.append(
-                (f"{key}.container", f"{container!r} is not a Docker container name")
-            )
+            problems.append((f"{key}.container", f"{container!r} is not a Docker container name"))
         if container in app_containers or container in seen:
             other = seen.get(container, "an app service")
             problems.append(
                 (
                     f"{key}.container",
-                    f"container name {container!r} is also used by"
-                    f" {other}; make it unique",
+                    f"container name {container!r} is also used by {other}; make it unique",
                 )
             )
         seen[container] = key
@@ -406,9 +388,7 @@ def _isolation_problems(inventory: Inventory) -> list[Problem]:
     problems = []
     for app_name, app in inventory.apps.items():
         shared_net = (
-            inventory.hosts[app.host].shared_network
-            if app.host in inventory.hosts
-            else ""
+            inventory.hosts[app.host].shared_network if app.host in inventory.hosts else ""
         )
         envs = sorted(app.envs)
         for svc_name, svc in app.services.items():

@@ -44,7 +44,9 @@ MIN_COMPOSE = (2, 0)
 REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/^~-]{0,199}$")
 ROLLBACK_REF = probe.ROLLBACK_REF
 CURRENT_REF = probe.CURRENT_REF
-PREV_REF = "refs/opsfab/rollback-prev"  # the rollback point before this deploy, restored on failure
+PREV_REF = (
+    "refs/opsfab/rollback-prev"  # the rollback point before this deploy, restored on failure
+)
 LOCK_WRITE_FAILED = 70
 MIN_OPS_FREE_MB = 100
 ROLLBACK_STEPS = {"source", "build", "up", "health"}
@@ -245,7 +247,8 @@ class Deploy:
                 f"deploy of {d.name} failed at {failed_step}: {error.message}\n"
                 f"rolled back: {self.restored}",
                 error.fix
-                or f"see `fab history {d.app_name} {d.env}` and the output above; fix and redeploy",
+                or f"see `fab history {d.app_name} {d.env}` and the output above; "
+                "fix and redeploy",
             )
         else:
             detail = f"\nrollback: {self.restored}" if self.restored else ""
@@ -336,7 +339,9 @@ class Deploy:
         the app still runs its old version, so only the configs go back."""
         started = time.perf_counter()
         try:
-            self.target.run(configs.restore_line(self.file_paths) + " && " + restore_pointers_line(self.d))
+            self.target.run(
+                configs.restore_line(self.file_paths) + " && " + restore_pointers_line(self.d)
+            )
             reload = nginx_reload_actions(self)
             if reload[0].enabled and self.target.run(reload[0].line, check=False).ok:
                 self.target.run(reload[1].line)
@@ -645,7 +650,9 @@ def plan_configs(run: Deploy) -> list[Action]:
         Action(
             line(["docker", "network", "create", d.host.shared_network])
             + " || "
-            + line(["docker", "network", "inspect", "--format", "{{.Name}}", d.host.shared_network]),
+            + line(
+                ["docker", "network", "inspect", "--format", "{{.Name}}", d.host.shared_network]
+            ),
             when=f"the shared network {d.host.shared_network} does not exist",
             enabled=run.when(lambda f: not f.shared_network),
         ),
@@ -710,15 +717,22 @@ def plan_remember(run: Deploy) -> list[Action]:
     repo = str(d.repo_dir)
     git = ["git", "-C", repo]
     parts = [
-        _if([*git, "rev-parse", "-q", "--verify", ROLLBACK_REF], [*git, "update-ref", PREV_REF, ROLLBACK_REF]),
+        _if(
+            [*git, "rev-parse", "-q", "--verify", ROLLBACK_REF],
+            [*git, "update-ref", PREV_REF, ROLLBACK_REF],
+        ),
         f"{{ if {line([*git, 'rev-parse', '-q', '--verify', CURRENT_REF])} >/dev/null 2>&1; "
         f"then {line([*git, 'update-ref', ROLLBACK_REF, CURRENT_REF])}; "
         f"elif {line([*git, 'rev-parse', '-q', '--verify', 'HEAD'])} >/dev/null 2>&1; "
         f"then {line([*git, 'update-ref', ROLLBACK_REF, 'HEAD'])}; fi; }}",
     ]
     for s in d.built_services:
-        parts.append(_if(["docker", "image", "inspect", s.rollback_image],
-                         ["docker", "image", "tag", s.rollback_image, _prev_tag(s.image)]))
+        parts.append(
+            _if(
+                ["docker", "image", "inspect", s.rollback_image],
+                ["docker", "image", "tag", s.rollback_image, _prev_tag(s.image)],
+            )
+        )
         inspect = line(["docker", "container", "inspect", "--format", "{{.Image}}", s.container])
         parts.append(
             f'{{ if id=$({inspect} 2>/dev/null); then docker image tag "$id" '
@@ -734,11 +748,19 @@ def _prev_tag(image: str) -> str:
 def restore_pointers_line(d: Deployment) -> str:
     """After a failed deploy: the rollback point goes back to what it was before it."""
     git = ["git", "-C", str(d.repo_dir)]
-    parts = [_if([*git, "rev-parse", "-q", "--verify", PREV_REF],
-                 [*git, "update-ref", ROLLBACK_REF, PREV_REF])]
+    parts = [
+        _if(
+            [*git, "rev-parse", "-q", "--verify", PREV_REF],
+            [*git, "update-ref", ROLLBACK_REF, PREV_REF],
+        )
+    ]
     for s in d.built_services:
-        parts.append(_if(["docker", "image", "inspect", _prev_tag(s.image)],
-                         ["docker", "image", "tag", _prev_tag(s.image), s.rollback_image]))
+        parts.append(
+            _if(
+                ["docker", "image", "inspect", _prev_tag(s.image)],
+                ["docker", "image", "tag", _prev_tag(s.image), s.rollback_image],
+            )
+        )
     return " && ".join(parts)
 
 
@@ -906,8 +928,13 @@ def plan_rollback(run: Deploy) -> list[Action]:
                 enabled=run.when(lambda f, s=s: f.images.get(s.image) is not None),
             )
         )
-    actions.append(Action(restore_pointers_line(d), when=when,
-                          note="the rollback point goes back to what it was before this deploy"))
+    actions.append(
+        Action(
+            restore_pointers_line(d),
+            when=when,
+            note="the rollback point goes back to what it was before this deploy",
+        )
+    )
     actions += nginx_reload_actions(run)
     actions.append(
         Action(
@@ -933,10 +960,20 @@ def plan_cleanup(run: Deploy) -> list[Action]:
         _if([*git, "rev-parse", "-q", "--verify", PREV_REF], [*git, "update-ref", "-d", PREV_REF]),
     ]
     parts += [
-        _if(["docker", "image", "inspect", _prev_tag(s.image)], ["docker", "image", "rm", _prev_tag(s.image)])
+        _if(
+            ["docker", "image", "inspect", _prev_tag(s.image)],
+            ["docker", "image", "rm", _prev_tag(s.image)],
+        )
         for s in d.built_services
     ]
-    prune = ["docker", "image", "prune", "--force", "--filter", f"label=org.opsfab.deployment={d.name}"]
+    prune = [
+        "docker",
+        "image",
+        "prune",
+        "--force",
+        "--filter",
+        f"label=org.opsfab.deployment={d.name}",
+    ]
     parts.append(line(prune))
     return [
         Action(

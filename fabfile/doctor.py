@@ -332,4 +332,3 @@ def report(findings: list[Finding]) -> str:
         mark = "FIXED" if f.fixed else f.level.upper()
         rows.append(f"{mark:<8} {f.subject}: {f.message}\n         fix: {f.fix}")
     return "\n".join(rows)
-

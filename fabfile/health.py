@@ -16,7 +16,8 @@ from .probe import ContainerState, container_states, state_line
 from .target import Target, line
 
 HEALTH_LOG_FORMAT = (
-    '{{if index .State "Health"}}{{range .State.Health.Log}}{{.ExitCode}}: {{.Output}}{{end}}{{end}}'
+    '{{if index .State "Health"}}{{range .State.Health.Log}}'
+    "{{.ExitCode}}: {{.Output}}{{end}}{{end}}"
 )
 
 

@@ -36,9 +36,7 @@ from .tree import (
 )
 
 NGINX_AT = re.compile(r" in (?P<path>/[^\s:]+):(?P<line>\d+)")
-SECRET_LINE = re.compile(
-    r"(?i)^(\s*[\w.-]*(?:password|secret|token|key)[\w.-]*\s*[:=]\s*).+$"
-)
+SECRET_LINE = re.compile(r"(?i)^(\s*[\w.-]*(?:password|secret|token|key)[\w.-]*\s*[:=]\s*).+$")
 
 
 class NginxRejected(OpsfabError):
@@ -99,9 +97,7 @@ class InfraDeploy:
         self.target, self.out, self.files = target, out, files
         self.root = PurePosixPath(host.ops_root)
         self.proxy = proxy_service(inventory)
-        self.token = (
-            time.strftime("%Y%m%dT%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
-        )
+        self.token = time.strftime("%Y%m%dT%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
         self.stacks = [s for s in STACKS if stack_services(infra, s)]
 
     # -- plans -------------------------------------------------------------------------
@@ -137,9 +133,7 @@ class InfraDeploy:
                 ),
             )
         )
-        items.append(
-            ("hashes", line(["sha256sum", "--", *[str(f.path) for f in self.files]]))
-        )
+        items.append(("hashes", line(["sha256sum", "--", *[str(f.path) for f in self.files]])))
         for name, path in sorted(infra_secret_files(self.inventory).items()):
             items.append((f"secret {name}", line(["test", "-f", str(path)])))
         return items
@@ -172,9 +166,7 @@ class InfraDeploy:
         )
 
     def reload_line(self) -> str:
-        return line(
-            ["docker", "exec", self.host.proxy_container, "nginx", "-s", "reload"]
-        )
+        return line(["docker", "exec", self.host.proxy_container, "nginx", "-s", "reload"])
 
     def up_line(self, stack: str) -> str:
         return line(
@@ -272,9 +264,7 @@ class InfraDeploy:
         return value
 
     def preflight(self) -> tuple[InfraFacts, str]:
-        raw = probe.parse(
-            self.target.run(probe.script(self.probe_sections()), check=False).stdout
-        )
+        raw = probe.parse(self.target.run(probe.script(self.probe_sections()), check=False).stdout)
         hashes = {}
         for row in raw.get("hashes", (1, ""))[1].splitlines():
             parts = row.split(None, 1)
@@ -296,8 +286,7 @@ class InfraDeploy:
                 [
                     (
                         f"secret file {path} is missing on {self.infra.host}",
-                        "create it (mode 600) with fab secrets.push, then run"
-                        " infra.deploy again",
+                        "create it (mode 600) with fab secrets.push, then run infra.deploy again",
                     )
                     for path in missing
                 ]
@@ -327,9 +316,7 @@ class InfraDeploy:
 
     def nginx(self, facts: InfraFacts, changed: list[RenderedFile]) -> tuple[None, str]:
         nginx_dir = str(self.root / self.host.conf_dir).rsplit("/", 1)[0]
-        if self.proxy is None or not any(
-            str(f.path).startswith(nginx_dir + "/") for f in changed
-        ):
+        if self.proxy is None or not any(str(f.path).startswith(nginx_dir + "/") for f in changed):
             return None, "no nginx change"
         result = self.target.run(self.nginx_test_line(facts.proxy_running), check=False)
         if not result.ok:
@@ -393,9 +380,7 @@ class InfraDeploy:
                     or state.health == "unhealthy"
                 ):
                     why = (
-                        "does not exist"
-                        if state is None
-                        else f"is {state.status}/{state.health}"
+                        "does not exist" if state is None else f"is {state.status}/{state.health}"
                     )
                     raise HealthError(
                         f"{name} {why}",
@@ -408,8 +393,7 @@ class InfraDeploy:
                 raise HealthError(
                     f"not healthy after {settings.health_tries} x"
                     f" {settings.health_timeout} s: {waiting}",
-                    "read their logs; raise infra.deploy.health_timeout if they"
-                    " start slowly",
+                    "read their logs; raise infra.deploy.health_timeout if they start slowly",
                 )
             time.sleep(settings.health_poll)
 
@@ -439,9 +423,7 @@ def diff(target: Target, files: list[RenderedFile]) -> list[str]:
         if current == file.content:
             continue
         old = [] if current is None else _masked(current)
-        label = (
-            f"{file.path} (missing on the host)" if current is None else str(file.path)
-        )
+        label = f"{file.path} (missing on the host)" if current is None else str(file.path)
         out += difflib.unified_diff(
             old,
             _masked(file.content),

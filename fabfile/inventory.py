@@ -7,9 +7,10 @@ never yields an ``Inventory``.
 
 from __future__ import annotations
 
-import dataclasses
 import base64
 import binascii
+import contextlib
+import dataclasses
 import os
 import re
 import tomllib
@@ -18,8 +19,8 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
 import paramiko
-from paramiko.pkey import UnknownKeyType
 from dotenv import dotenv_values
+from paramiko.pkey import UnknownKeyType
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InventoryError, UsageError
@@ -34,12 +35,12 @@ SecretName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
 
 
 def memory_mb(value: str | int) -> int:
-    """"128m" -> 128, "1.5g" -> 1536, 96 -> 96."""
+    """ "128m" -> 128, "1.5g" -> 1536, 96 -> 96."""
     if isinstance(value, int):
         return value
     match = MEMORY.match(value.strip().lower())
     if not match:
-        raise ValueError(f"{value!r} is not a memory size; write e.g. \"128m\" or \"1.5g\"")
+        raise ValueError(f'{value!r} is not a memory size; write e.g. "128m" or "1.5g"')
     number, unit = float(match.group(1)), match.group(2)
     return int(number * 1024) if unit == "g" else int(number)
 
@@ -58,7 +59,7 @@ class Host(Strict):
     transport: Literal["ssh", "local"] = "ssh"
     ops_root: str = "/opt/ops"
     compose: list[str] = ["docker", "compose"]
-    memory: str = Field(description="total memory, e.g. \"7.1g\"")
+    memory: str = Field(description='total memory, e.g. "7.1g"')
     min_free_mb: int = Field(2048, ge=0)
     shared_network: Name = "ops-infra"
     proxy_container: Name = "ops-nginx"
@@ -127,12 +128,22 @@ class Service(Strict):
     health: Health | None = None
     environment: dict[str, str] = {}
     command: list[str] | None = None
-    secrets: dict[SecretName, str] = Field({}, description="Docker secret name -> file in the app's secrets folder; {env} is replaced")
-    maxmemory: PerEnvStr | None = Field(None, description="Redis maxmemory, appended to the command")
-    rate_limit: dict[str, dict[str, Name]] = Field({}, description="env -> {location path: zone of infra.nginx.rate_limits}")
-    depends_on: list[Name] = Field([], description="services of the same app that must be healthy first")
+    secrets: dict[SecretName, str] = Field(
+        {}, description="Docker secret name -> file in the app's secrets folder; {env} is replaced"
+    )
+    maxmemory: PerEnvStr | None = Field(
+        None, description="Redis maxmemory, appended to the command"
+    )
+    rate_limit: dict[str, dict[str, Name]] = Field(
+        {}, description="env -> {location path: zone of infra.nginx.rate_limits}"
+    )
+    depends_on: list[Name] = Field(
+        [], description="services of the same app that must be healthy first"
+    )
     metrics: str | None = Field(None, description="path Prometheus scrapes on the container port")
-    stop_grace_period: int = Field(10, ge=1, description="seconds between SIGTERM and SIGKILL on stop")
+    stop_grace_period: int = Field(
+        10, ge=1, description="seconds between SIGTERM and SIGKILL on stop"
+    )
 
 
 class Backup(Strict):
@@ -166,14 +177,16 @@ class App(Strict):
     services: dict[Name, Service]
     backup: Backup = Backup()
     deploy: DeploySettings = DeploySettings()
-    files: dict[str, str] = Field({}, description="extra file in the deploy folder -> template under templates/")
+    files: dict[str, str] = Field(
+        {}, description="extra file in the deploy folder -> template under templates/"
+    )
 
 
 # -- the infrastructure: the front nginx, monitoring, scheduled backups -------------
 
 
 class RateLimit(Strict):
-    rate: str = Field(pattern=r"^[1-9][0-9]*r/[sm]$", description="e.g. \"10r/s\"")
+    rate: str = Field(pattern=r"^[1-9][0-9]*r/[sm]$", description='e.g. "10r/s"')
     burst: int = Field(20, ge=0)
 
 
@@ -182,7 +195,9 @@ class NginxSettings(Strict):
     bind: str = Field("0.0.0.0", description="host address the proxy's ports are published on")
     reserved_ports: dict[str, str] = Field({}, description="port -> purpose, kept free")
     rate_limits: dict[Name, RateLimit] = {}
-    limit_envs: dict[Name, Name] = Field({}, description="env -> zone applied to \"/\" of every published service")
+    limit_envs: dict[Name, Name] = Field(
+        {}, description='env -> zone applied to "/" of every published service'
+    )
     client_max_body_size: str = Field("20m", pattern=r"^[0-9]+[kmg]?$")
     worker_connections: int = Field(1024, ge=16)
 
@@ -202,8 +217,12 @@ class BackupSchedule(Strict):
     keep_weekly: int = Field(4, ge=1)
     keep_deploy: int = Field(10, ge=1, description="pre-deploy backup sets kept")
     envs: list[Name] = ["prod"]
-    cron_file: str | None = Field("/etc/cron.d/opsfab", description="where infra.deploy installs the schedule")
-    metrics_every: int = Field(1, ge=1, le=59, description="minutes between container metrics for node-exporter")
+    cron_file: str | None = Field(
+        "/etc/cron.d/opsfab", description="where infra.deploy installs the schedule"
+    )
+    metrics_every: int = Field(
+        1, ge=1, le=59, description="minutes between container metrics for node-exporter"
+    )
 
 
 class InfraService(Strict):
@@ -214,14 +233,20 @@ class InfraService(Strict):
     image: str
     port: int | None = Field(None, ge=1, le=65535)
     memory: str
-    publish: int | None = Field(None, ge=1, le=65535, description="nginx publishes it on this host port")
-    ports: list[int] = Field([], description="host ports the container itself publishes; only the proxy may")
+    publish: int | None = Field(
+        None, ge=1, le=65535, description="nginx publishes it on this host port"
+    )
+    ports: list[int] = Field(
+        [], description="host ports the container itself publishes; only the proxy may"
+    )
     volumes: dict[str, str] = {}
     networks: list[Name] = []
     health: Health | None = None
     environment: dict[str, str] = {}
     command: list[str] | None = None
-    secrets: dict[SecretName, str] = Field({}, description="Docker secret name -> file in secrets/infra/")
+    secrets: dict[SecretName, str] = Field(
+        {}, description="Docker secret name -> file in secrets/infra/"
+    )
     metrics: str | None = None
     user: str | None = None
 
@@ -237,7 +262,9 @@ class InfraService(Strict):
 
 class Infra(Strict):
     host: str
-    project_prefix: Name = Field("ops", description="compose projects are <prefix>-infra and <prefix>-monitoring")
+    project_prefix: Name = Field(
+        "ops", description="compose projects are <prefix>-infra and <prefix>-monitoring"
+    )
     nginx: NginxSettings = NginxSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     backup: BackupSchedule = BackupSchedule()
@@ -328,7 +355,9 @@ class Deployment:
 
     @property
     def nginx_conf(self) -> PurePosixPath:
-        return self.ops_root / self.host.conf_dir / f"{self.app.nginx_order:02d}-{self.app_name}.conf"
+        return (
+            self.ops_root / self.host.conf_dir / f"{self.app.nginx_order:02d}-{self.app_name}.conf"
+        )
 
     @property
     def lock_dir(self) -> PurePosixPath:
@@ -522,8 +551,12 @@ def _apply_env_overrides(raw: dict, folder: Path) -> None:
         if not isinstance(host, dict):
             continue
         prefix = re.sub(r"[^A-Z0-9]", "_", str(name).upper())
-        for var, key in (("HOST", "address"), ("USER", "user"), ("SSH_KEY", "key"),
-                         ("TRANSPORT", "transport")):
+        for var, key in (
+            ("HOST", "address"),
+            ("USER", "user"),
+            ("SSH_KEY", "key"),
+            ("TRANSPORT", "transport"),
+        ):
             value = env.get(f"{prefix}_{var}")
             if value:
                 host[key] = value
@@ -557,38 +590,79 @@ def validate(inventory: Inventory) -> list[tuple[str, str]]:
         for svc_name, svc in app.services.items():
             key = f"{where}.services.{svc_name}"
             if (svc.build is None) == (svc.image is None):
-                problems.append((key, "give exactly one of build = \"<context>\" or image = \"<ref>\""))
-            if svc.build is not None and (svc.build.startswith("/") or ".." in svc.build.split("/")):
-                problems.append((f"{key}.build", "must be a folder inside the repository, e.g. \".\""))
+                problems.append(
+                    (key, 'give exactly one of build = "<context>" or image = "<ref>"')
+                )
+            if svc.build is not None and (
+                svc.build.startswith("/") or ".." in svc.build.split("/")
+            ):
+                problems.append(
+                    (f"{key}.build", 'must be a folder inside the repository, e.g. "."')
+                )
             for field in ("memory", "publish"):
                 value = getattr(svc, field)
                 if isinstance(value, dict):
                     for env in value:
                         if env not in app.envs:
-                            problems.append((f"{key}.{field}.{env}", f"no environment {env!r}; use one of {sorted(app.envs)}"))
+                            problems.append(
+                                (
+                                    f"{key}.{field}.{env}",
+                                    f"no environment {env!r}; use one of {sorted(app.envs)}",
+                                )
+                            )
             if isinstance(svc.memory, dict):
                 for env in app.envs:
                     if env not in svc.memory:
-                        problems.append((f"{key}.memory", f"no limit for environment {env!r}; add {env} = \"128m\""))
+                        problems.append(
+                            (
+                                f"{key}.memory",
+                                f'no limit for environment {env!r}; add {env} = "128m"',
+                            )
+                        )
             if svc.publish and svc.port is None:
-                problems.append((f"{key}.port", "a published service needs its container port; add port = 8000"))
+                problems.append(
+                    (
+                        f"{key}.port",
+                        "a published service needs its container port; add port = 8000",
+                    )
+                )
             if svc.health and (svc.health.http is None) == (svc.health.cmd is None):
-                problems.append((f"{key}.health", "give exactly one of http = \"/health\" or cmd = [...]"))
+                problems.append(
+                    (f"{key}.health", 'give exactly one of http = "/health" or cmd = [...]')
+                )
             for env in app.envs:
                 resolved = _resolve_service(svc_name, svc, env)
                 ckey = (app.host, resolved.container)
                 if ckey in containers:
-                    problems.append((f"{key}.container", f"container name {resolved.container!r} is also used by {containers[ckey]}; make it unique"))
+                    problems.append(
+                        (
+                            f"{key}.container",
+                            f"container name {resolved.container!r} is also used by "
+                            f"{containers[ckey]}; make it unique",
+                        )
+                    )
                 else:
                     containers[ckey] = f"{where}.services.{svc_name} ({env})"
                 if resolved.publish is not None:
                     pkey = (app.host, resolved.publish)
                     if pkey in ports:
-                        problems.append((f"{key}.publish.{env}", f"port {resolved.publish} is already used by {ports[pkey]}; pick a free port (fab ports)"))
+                        problems.append(
+                            (
+                                f"{key}.publish.{env}",
+                                f"port {resolved.publish} is already used by {ports[pkey]}; "
+                                "pick a free port (fab ports)",
+                            )
+                        )
                     else:
                         ports[pkey] = f"{app_name} {env}"
                     if host.shared_network not in resolved.networks:
-                        problems.append((f"{key}.networks", f"nginx reaches {resolved.container} only over {host.shared_network!r}; add it to networks"))
+                        problems.append(
+                            (
+                                f"{key}.networks",
+                                f"nginx reaches {resolved.container} only over "
+                                f"{host.shared_network!r}; add it to networks",
+                            )
+                        )
                 try:
                     memory_mb(_per_env(svc.memory, env))
                 except (ValueError, TypeError) as exc:
@@ -609,16 +683,17 @@ def _memory_problems(inventory: Inventory) -> list[tuple[str, str]]:
                 continue
             for svc in app.services.values():
                 for env in app.envs:
-                    try:
+                    with contextlib.suppress(ValueError, TypeError):  # reported by validate()
                         total += memory_mb(_per_env(svc.memory, env))
-                    except (ValueError, TypeError):
-                        pass
         infra = inventory.data.infra
         if infra is not None and infra.host == host_name:
             total += sum(memory_mb(s.memory) for s in infra.services.values())
         if total > memory_mb(host.memory):
-            problems.append((
-                f"hosts.{host_name}.memory",
-                f"memory limits add up to {total} MB, more than the host's {memory_mb(host.memory)} MB; lower some limits",
-            ))
+            problems.append(
+                (
+                    f"hosts.{host_name}.memory",
+                    f"memory limits add up to {total} MB, more than the host's "
+                    f"{memory_mb(host.memory)} MB; lower some limits",
+                )
+            )
     return problems

@@ -85,23 +85,15 @@ def infra_ports(inventory: Inventory) -> list[PortEntry]:
 
 def published_ports(inventory: Inventory, host: str) -> list[int]:
     """The host ports the proxy container listens on (reserved ones excluded)."""
-    return sorted(
-        {e.port for e in port_map(inventory) if e.host == host and e.kind != "reserved"}
-    )
+    return sorted({e.port for e in port_map(inventory) if e.host == host and e.kind != "reserved"})
 
 
 def table(inventory: Inventory) -> list[str]:
     """The port map as the text table ``fab ports`` prints."""
     rows = sorted(port_map(inventory), key=lambda e: (e.host, e.port))
     width = max((len(e.label) for e in rows), default=10)
-    out = [
-        f"{'host':<8} {'port':>5}  {'what':<{width}}  {'nginx forwards to':<26} kind"
-    ]
+    out = [f"{'host':<8} {'port':>5}  {'what':<{width}}  {'nginx forwards to':<26} kind"]
     for e in rows:
-        target = e.target or (
-            "(nginx itself)" if e.kind == "status" else "(nothing listens)"
-        )
-        out.append(
-            f"{e.host:<8} {e.port:>5}  {e.label:<{width}}  {target:<26} {e.kind}"
-        )
+        target = e.target or ("(nginx itself)" if e.kind == "status" else "(nothing listens)")
+        out.append(f"{e.host:<8} {e.port:>5}  {e.label:<{width}}  {target:<26} {e.kind}")
     return out

@@ -89,7 +89,10 @@ def sections(deployment: Deployment, files: list[str]) -> list[tuple[str, str]]:
         ("lock", line(["cat", str(d.lock_dir / "holder")])),
         ("repo", line(["git", "-C", str(d.repo_dir), "rev-parse", "--verify", "HEAD"])),
         ("current", line(["git", "-C", str(d.repo_dir), "rev-parse", "--verify", CURRENT_REF])),
-        ("rollbackref", line(["git", "-C", str(d.repo_dir), "rev-parse", "--verify", ROLLBACK_REF])),
+        (
+            "rollbackref",
+            line(["git", "-C", str(d.repo_dir), "rev-parse", "--verify", ROLLBACK_REF]),
+        ),
         (
             "opsdisk",
             f"d={shlex.quote(str(d.ops_root))}; "
@@ -200,8 +203,11 @@ def interpret(raw: dict[str, tuple[int, str]], deployment: Deployment) -> Facts:
     facts.rollback_commit = _commit(ok("rollbackref"))
     facts.ops_free_mb = _free_mb(ok("opsdisk"))
     facts.env_text = raw["envfile"][1] if raw.get("envfile", (1, ""))[0] == 0 else None
-    facts.secret_values = [out for label, (rc, out) in raw.items()
-                           if label.startswith("secretfile ") and rc == 0 and out]
+    facts.secret_values = [
+        out
+        for label, (rc, out) in raw.items()
+        if label.startswith("secretfile ") and rc == 0 and out
+    ]
     facts.proxy_running = (ok("proxy") or "") == "true"
     keys = raw.get("secrets")
     if keys is not None:

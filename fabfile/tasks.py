@@ -62,7 +62,6 @@ def deploy(c, app, env, ref=None, dry_run=False, json=False):
         print(_json.dumps(outcome.record, sort_keys=True))
 
 
-
 @task
 @reported
 def rollback(c, app, env):

@@ -25,11 +25,7 @@ from .tasks import reported
 from .tree import render_infra
 
 
-@task(
-    help={
-        "tree": "also lint the conf.d files of this folder (a rendered or copied tree)"
-    }
-)
+@task(help={"tree": "also lint the conf.d files of this folder (a rendered or copied tree)"})
 def check(c, tree=None):
     """Lint the inventory offline: one line per problem with its key and fix."""
     report = check_mod.run(None, Path(tree) if tree else None)

@@ -65,15 +65,11 @@ def render_all_to(out: Path, inventory: Inventory | None = None) -> list[Path]:
     written = []
     for name, host in inventory.hosts.items():
         folder = out if len(inventory.hosts) == 1 else out / name
-        written += write_tree(
-            render_all(inventory, name), folder, PurePosixPath(host.ops_root)
-        )
+        written += write_tree(render_all(inventory, name), folder, PurePosixPath(host.ops_root))
     return written
 
 
-def render_infra(
-    inventory: Inventory, with_app_nginx: bool = False
-) -> list[RenderedFile]:
+def render_infra(inventory: Inventory, with_app_nginx: bool = False) -> list[RenderedFile]:
     """The infrastructure's files; ``with_app_nginx`` adds every app's conf.d file."""
     infra = inventory.infra
     if infra is None:
@@ -179,11 +175,7 @@ def compose_command(infra: Infra, host: Host, stack: str) -> list[str]:
 def infra_secret_files(inventory: Inventory) -> dict[str, PurePosixPath]:
     infra = inventory.infra
     folder = PurePosixPath(inventory.host(infra.host).ops_root) / "secrets" / "infra"
-    return {
-        k: folder / v
-        for s in infra.services.values()
-        for k, v in sorted(s.secrets.items())
-    }
+    return {k: folder / v for s in infra.services.values() for k, v in sorted(s.secrets.items())}
 
 
 # -- contexts --------------------------------------------------------------------------
@@ -226,12 +218,7 @@ def compose_context(inventory: Inventory, stack: str) -> dict:
         "project": project(infra, stack),
         "services": services,
         "volumes": sorted(
-            {
-                v
-                for _, s in stack_services(infra, stack)
-                for v in s.volumes
-                if not is_bind(v)
-            }
+            {v for _, s in stack_services(infra, stack) for v in s.volumes if not is_bind(v)}
         ),
         "networks": networks,
         "shared_network": host.shared_network,
@@ -257,9 +244,7 @@ def _nginx_files(inventory: Inventory, base: dict) -> list[RenderedFile]:
     host = inventory.host(infra.host)
     conf_dir = nginx_conf_dir(host)
     nginx_dir = conf_dir.parent
-    rows = sorted(
-        (e for e in port_map(inventory) if e.host == infra.host), key=lambda e: e.port
-    )
+    rows = sorted((e for e in port_map(inventory) if e.host == infra.host), key=lambda e: e.port)
     context = {
         **base,
         "nginx": infra.nginx,
@@ -271,12 +256,8 @@ def _nginx_files(inventory: Inventory, base: dict) -> list[RenderedFile]:
     files = [
         _render("infra/nginx/nginx.conf.j2", nginx_dir / "nginx.conf", context),
         _render("infra/nginx/mime.types.j2", nginx_dir / "mime.types", context),
-        _render(
-            "infra/nginx/conf.d/00-status.conf.j2", conf_dir / "00-status.conf", context
-        ),
-        _render(
-            "infra/nginx/html/index.html.j2", nginx_dir / "html" / "index.html", context
-        ),
+        _render("infra/nginx/conf.d/00-status.conf.j2", conf_dir / "00-status.conf", context),
+        _render("infra/nginx/html/index.html.j2", nginx_dir / "html" / "index.html", context),
     ]
     for stack in STACKS:
         routes = [
@@ -335,16 +316,13 @@ def monitoring_context(inventory: Inventory) -> dict:
         for s in d.services
     ]
     containers += [
-        (svc.container_name(n), memory_mb(svc.memory) * 1024 * 1024)
-        for n, svc in services.items()
+        (svc.container_name(n), memory_mb(svc.memory) * 1024 * 1024) for n, svc in services.items()
     ]
     return {
         "monitoring": infra.monitoring,
         "jobs": jobs,
         "alertmanager": address("alertmanager") if "alertmanager" in services else None,
-        "prometheus_url": f"http://{address('prometheus')}"
-        if "prometheus" in services
-        else None,
+        "prometheus_url": f"http://{address('prometheus')}" if "prometheus" in services else None,
         "loki_url": f"http://{address('loki')}" if "loki" in services else None,
         "host_name": infra.host,
         "containers": sorted(containers),
@@ -367,7 +345,5 @@ def backup_context(inventory: Inventory) -> dict:
         "ops_root": str(root),
         "backup": infra.backup,
         "jobs": jobs,
-        "metrics_script": str(
-            stack_dir(host, "monitoring") / "scripts" / "container-metrics.sh"
-        ),
+        "metrics_script": str(stack_dir(host, "monitoring") / "scripts" / "container-metrics.sh"),
     }

@@ -110,9 +110,7 @@ def test_the_base_inventory_is_clean_and_prints_the_memory_sum(tmp_path):
 def test_the_real_inventory_is_clean():
     report = check.run(ROOT / "hosts.toml")
     assert report.problems == []
-    assert (
-        "limits add up to 3408 MB" in report.memory[0] and "7270 MB" in report.memory[0]
-    )
+    assert "limits add up to 3408 MB" in report.memory[0] and "7270 MB" in report.memory[0]
 
 
 def test_two_deployments_on_one_port(tmp_path):
@@ -120,10 +118,7 @@ def test_two_deployments_on_one_port(tmp_path):
         tmp_path, BASE.replace("publish = { prod = 8003 }", "publish = { prod = 8001 }")
     )
     assert keys(found) == ["apps.blog.services.web.publish.prod"]
-    assert (
-        "port 8001 is already used by shop prod" in found[0][1]
-        and "fab ports" in found[0][1]
-    )
+    assert "port 8001 is already used by shop prod" in found[0][1] and "fab ports" in found[0][1]
 
 
 def test_an_app_port_taken_by_the_infrastructure(tmp_path):
@@ -170,14 +165,11 @@ def test_a_literal_proxy_pass_keeps_nginx_from_starting_when_the_app_is_down(tmp
     conf = tmp_path / "tree" / "20-blog.conf"
     conf.parent.mkdir(parents=True)
     conf.write_text(
-        "server {\n    listen 8003;\n"
-        "    location / { proxy_pass http://blog-prod:8000; }\n}\n"
+        "server {\n    listen 8003;\n    location / { proxy_pass http://blog-prod:8000; }\n}\n"
     )
     report = check.run(write(tmp_path, BASE), tree=tmp_path / "tree")
     assert keys(report.problems) == [f"{conf}:3"]
-    assert (
-        "nginx refuses to start while that container is down" in report.problems[0][1]
-    )
+    assert "nginx refuses to start while that container is down" in report.problems[0][1]
 
 
 def test_the_rendered_nginx_tree_is_linted_too(tmp_path):
@@ -210,10 +202,7 @@ def test_a_proxied_infra_service_missing_from_the_shared_network(tmp_path):
 def test_a_container_publishing_a_host_port(tmp_path):
     found = problems(tmp_path, BASE.replace("publish = 3100\n", "ports = [3100]\n"))
     assert keys(found) == ["infra.services.grafana.ports"]
-    assert (
-        "only the proxy ops-nginx may" in found[0][1]
-        and "publish = <port>" in found[0][1]
-    )
+    assert "only the proxy ops-nginx may" in found[0][1] and "publish = <port>" in found[0][1]
 
 
 def test_memory_limits_above_the_host(tmp_path):
@@ -233,9 +222,7 @@ def test_a_service_without_a_health_check(tmp_path):
 
 
 def test_a_health_check_the_deploy_cannot_wait_for(tmp_path):
-    health = (
-        'health = { http = "/health", interval = 10, retries = 3, start_period = 20 }'
-    )
+    health = 'health = { http = "/health", interval = 10, retries = 3, start_period = 20 }'
     found = problems(tmp_path, BASE.replace(health, health.replace("10", "60")))
     assert keys(found) == ["apps.shop.services.web.health"]
     assert "20 + 3 x 60 = 200 s, but the deploy waits 5 x 30 = 150 s" in found[0][1]
@@ -299,18 +286,14 @@ health = { cmd = ["redis-cli", "ping"] }
 
 
 def test_every_problem_at_once_one_line_each(tmp_path):
-    text = BASE.replace(
-        "publish = { prod = 8003 }", "publish = { prod = 8001 }"
-    ).replace(
+    text = BASE.replace("publish = { prod = 8003 }", "publish = { prod = 8001 }").replace(
         'networks = ["shop-{env}-net", "ops-infra"]',
         'networks = ["shop-net", "ops-infra"]',
     )
     report = check.run(write(tmp_path, text))
     lines = report.lines()
     assert len(report.problems) == 2
-    assert all(
-        line.startswith(str(tmp_path / "hosts.toml") + ": ") for line in lines[:2]
-    )
+    assert all(line.startswith(str(tmp_path / "hosts.toml") + ": ") for line in lines[:2])
 
 
 # -- the command line ------------------------------------------------------------------
@@ -328,15 +311,10 @@ def fab(path: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_fab_check_exits_non_zero_with_a_line_per_problem(tmp_path):
-    path = write(
-        tmp_path, BASE.replace('container = "blog-{env}"', 'container = "shop-{env}"')
-    )
+    path = write(tmp_path, BASE.replace('container = "blog-{env}"', 'container = "shop-{env}"'))
     result = fab(path, "check")
     assert result.returncode == 2
-    assert (
-        f"{path}: apps.blog.services.web.container: container name 'shop-prod'"
-        in result.stdout
-    )
+    assert f"{path}: apps.blog.services.web.container: container name 'shop-prod'" in result.stdout
     assert "memory on h: limits add up to" in result.stdout
 
 
@@ -350,9 +328,7 @@ def test_two_apps_with_one_container_name_are_refused_before_anything_runs(tmp_p
     """A public report: two compose apps given one container_name; the second `up`
     silently replaced the first. Here the inventory is refused at load: no connection
     is attempted (the host's port 9 would refuse it) and no step starts."""
-    path = write(
-        tmp_path, BASE.replace('container = "blog-{env}"', 'container = "shop-{env}"')
-    )
+    path = write(tmp_path, BASE.replace('container = "blog-{env}"', 'container = "shop-{env}"'))
     with pytest.raises(InventoryError):
         inventory_mod.load(path)
     result = fab(path, "deploy", "blog", "prod")

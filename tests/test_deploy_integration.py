@@ -308,9 +308,14 @@ def test_ctrl_c_during_health_rolls_back_to_the_previous_version(qp: DeployEnv):
     good = qp.origin.head()
     qp.origin.commit_unhealthy()
     env = {**os.environ, "OPSFAB_INVENTORY": str(qp.inventory)}
-    proc = subprocess.Popen([sys.executable, "-m", "fabric", "deploy", qp.app, "prod"],
-                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fabric", "deploy", qp.app, "prod"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen = []
     for text in proc.stdout:
         seen.append(text)
@@ -343,8 +348,14 @@ def test_failed_deploys_keep_the_rollback_point_for_fab_rollback(qp: DeployEnv):
 
 def test_a_service_without_a_health_check_deploys_on_running(qp: DeployEnv):
     text = qp.inventory.read_text()
-    text = "\n".join(t for t in text.splitlines() if not t.startswith("health =")
-                     and not t.startswith("start_period")) + "\n"
+    text = (
+        "\n".join(
+            t
+            for t in text.splitlines()
+            if not t.startswith("health =") and not t.startswith("start_period")
+        )
+        + "\n"
+    )
     qp.inventory.write_text(text)
     result = qp.fab("deploy", qp.app, "dev")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -399,9 +399,14 @@ def test_a_branch_given_as_ref_means_the_origins_branch(inv):
     d = inv.deployment("quickpulse", "prod")
     run = Deploy(inv, d, None, Options(ref="main", dry_run=True), Reporter(quiet=True))
     source = run.steps[5].plan(run)[1].show()
-    assert "if git -C /opt/ops/apps/quickpulse/prod/repo rev-parse -q --verify refs/remotes/origin/main" in source
+    assert (
+        "if git -C /opt/ops/apps/quickpulse/prod/repo rev-parse -q --verify "
+        "refs/remotes/origin/main" in source
+    )
     assert "then git -C /opt/ops/apps/quickpulse/prod/repo reset --hard origin/main --;" in source
-    assert "else git -C /opt/ops/apps/quickpulse/prod/repo reset --hard 'main^{commit}' --;" in source
+    assert (
+        "else git -C /opt/ops/apps/quickpulse/prod/repo reset --hard 'main^{commit}' --;" in source
+    )
 
 
 def test_interrupt_during_health_rolls_back(inv):
@@ -413,8 +418,12 @@ def test_interrupt_during_health_rolls_back(inv):
                 return Result(command, HEALTHY, "", 0)
             return super()._run(command, timeout=timeout, stream=stream)
 
-    host = Host([(r"^echo '@@opsfab docker'", 0, probe_output()), (r"rev-parse HEAD$", 0, "b" * 40)])
-    run = Deploy(inv, inv.deployment("quickpulse", "dev"), host, Options(actor="t"), Reporter(quiet=True))
+    host = Host(
+        [(r"^echo '@@opsfab docker'", 0, probe_output()), (r"rev-parse HEAD$", 0, "b" * 40)]
+    )
+    run = Deploy(
+        inv, inv.deployment("quickpulse", "dev"), host, Options(actor="t"), Reporter(quiet=True)
+    )
     with pytest.raises(DeployFailed, match="interrupted") as err:
         run.execute()
     assert "rolled back" in err.value.message
@@ -423,11 +432,19 @@ def test_interrupt_during_health_rolls_back(inv):
 
 
 def test_failed_deploy_puts_the_previous_rollback_point_back(inv):
-    host, run, error = run_with(inv, [(r"build --no-cache", 1, "boom"),
-                                      (r"container inspect --format '\{\{\.Name", 0, HEALTHY)])
+    host, run, error = run_with(
+        inv,
+        [
+            (r"build --no-cache", 1, "boom"),
+            (r"container inspect --format '\{\{\.Name", 0, HEALTHY),
+        ],
+    )
     assert isinstance(error, DeployFailed)
     restore = ran(host, "update-ref refs/opsfab/rollback refs/opsfab/rollback-prev")
-    assert restore and "opsfab/quickpulse-dev:rollback-prev opsfab/quickpulse-dev:rollback" in restore[0]
+    assert (
+        restore
+        and "opsfab/quickpulse-dev:rollback-prev opsfab/quickpulse-dev:rollback" in restore[0]
+    )
     assert not ran(host, "update-ref refs/opsfab/current")  # current moves only on success
 
 
@@ -435,16 +452,29 @@ def test_success_moves_current_and_drops_the_saved_pointers(inv):
     host, run, error = run_with(inv, [(r"container inspect --format '\{\{\.Name", 0, HEALTHY)])
     assert error is None
     [cleanup] = ran(host, "image prune")
-    assert cleanup.startswith("git -C /opt/ops/apps/quickpulse/dev/repo update-ref refs/opsfab/current HEAD")
+    assert cleanup.startswith(
+        "git -C /opt/ops/apps/quickpulse/dev/repo update-ref refs/opsfab/current HEAD"
+    )
     assert "docker image rm opsfab/quickpulse-dev:rollback-prev" in cleanup
 
 
 def test_secret_values_are_masked_in_every_output(inv):
-    probe = probe_output().replace("@@opsfab-rc 0\n@@opsfab image", "@@opsfab-rc 0\n@@opsfab envfile\n"
-                                   "KINGDEE_APP_SECRET=\"s3cr3t-canary\"\n@@opsfab-rc 0\n@@opsfab image", 1)
-    host = ScriptedHost([(r"^echo '@@opsfab docker'", 0, probe), (r"rev-parse HEAD$", 0, "b" * 40),
-                         (r"build --no-cache", 1, "Step 3: echo s3cr3t-canary\nboom")])
-    run = Deploy(inv, inv.deployment("quickpulse", "dev"), host, Options(actor="t"), Reporter(quiet=True))
+    probe = probe_output().replace(
+        "@@opsfab-rc 0\n@@opsfab image",
+        "@@opsfab-rc 0\n@@opsfab envfile\n"
+        'KINGDEE_APP_SECRET="s3cr3t-canary"\n@@opsfab-rc 0\n@@opsfab image',
+        1,
+    )
+    host = ScriptedHost(
+        [
+            (r"^echo '@@opsfab docker'", 0, probe),
+            (r"rev-parse HEAD$", 0, "b" * 40),
+            (r"build --no-cache", 1, "Step 3: echo s3cr3t-canary\nboom"),
+        ]
+    )
+    run = Deploy(
+        inv, inv.deployment("quickpulse", "dev"), host, Options(actor="t"), Reporter(quiet=True)
+    )
     with pytest.raises(DeployFailed) as err:
         run.execute()
     assert "s3cr3t-canary" not in err.value.message and "[REDACTED]" in err.value.message
@@ -454,7 +484,7 @@ def test_env_file_lines_compose_would_misread_are_refused_by_line_and_key(inv):
     from fabfile.deploy import env_file_problems
 
     d = inv.deployment("quickpulse", "prod")
-    text = 'A=1\nKINGDEE_APP_SECRET="tok3n-open\nB=pa$sw0rd\nC=\'li$teral\'\nD=x$$y\nE=x\\$y\n'
+    text = "A=1\nKINGDEE_APP_SECRET=\"tok3n-open\nB=pa$sw0rd\nC='li$teral'\nD=x$$y\nE=x\\$y\n"
     problems = env_file_problems(d, text)
     messages = "\n".join(m for m, _ in problems)
     assert "prod.env line 2 is not KEY=value" in messages
@@ -475,9 +505,16 @@ def test_a_container_that_dies_right_after_turning_healthy_fails_the_deploy(inv)
                 return Result(command, next(states, HEALTHY), "", 0)
             return super()._run(command, timeout=timeout, stream=stream)
 
-    host = Host([(r"^echo '@@opsfab docker'", 0, probe_output()), (r"rev-parse HEAD$", 0, "b" * 40),
-                 (r"container inspect --format '\{\{\.Name", 0, HEALTHY)])
-    run = Deploy(inv, inv.deployment("quickpulse", "dev"), host, Options(actor="t"), Reporter(quiet=True))
+    host = Host(
+        [
+            (r"^echo '@@opsfab docker'", 0, probe_output()),
+            (r"rev-parse HEAD$", 0, "b" * 40),
+            (r"container inspect --format '\{\{\.Name", 0, HEALTHY),
+        ]
+    )
+    run = Deploy(
+        inv, inv.deployment("quickpulse", "dev"), host, Options(actor="t"), Reporter(quiet=True)
+    )
     with pytest.raises(DeployFailed, match="is restarting"):
         run.execute()
 
@@ -502,11 +539,20 @@ def test_ctrl_c_during_a_remote_build_is_held_and_then_rolls_back(inv):
                 target_mod._Interrupts._handle(2, None)  # the signal arrives mid-command
             return super()._run(command, timeout=timeout, stream=stream)
 
-    host = Host([(r"^echo '@@opsfab docker'", 0, probe_output()), (r"rev-parse HEAD$", 0, "b" * 40),
-                 (r"container inspect --format '\{\{\.Name", 0, HEALTHY)])
-    run = Deploy(inv, inv.deployment("quickpulse", "dev"), host, Options(actor="t"), Reporter(quiet=True))
+    host = Host(
+        [
+            (r"^echo '@@opsfab docker'", 0, probe_output()),
+            (r"rev-parse HEAD$", 0, "b" * 40),
+            (r"container inspect --format '\{\{\.Name", 0, HEALTHY),
+        ]
+    )
+    run = Deploy(
+        inv, inv.deployment("quickpulse", "dev"), host, Options(actor="t"), Reporter(quiet=True)
+    )
     with pytest.raises(DeployFailed, match="failed at build: interrupted"):
         run.execute()
     assert not ran(host, "up -d")
-    assert ran(host, "docker image tag opsfab/quickpulse-dev:rollback opsfab/quickpulse-dev:latest")
+    assert ran(
+        host, "docker image tag opsfab/quickpulse-dev:rollback opsfab/quickpulse-dev:latest"
+    )
     assert target_mod._Interrupts.pending is False

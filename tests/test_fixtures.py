@@ -62,9 +62,7 @@ class TestSshd:
             sftp.get(str(remote), str(back))
         assert back.read_bytes() == remote.read_bytes() == sent.read_bytes()
 
-    def test_changed_host_key_is_rejected(
-        self, sshd: SshServer, wrong_known_hosts: Path
-    ) -> None:
+    def test_changed_host_key_is_rejected(self, sshd: SshServer, wrong_known_hosts: Path) -> None:
         assert wrong_known_hosts.read_text().startswith(f"[127.0.0.1]:{sshd.port} ")
         with pytest.raises(paramiko.BadHostKeyException):
             connect(sshd, wrong_known_hosts)
@@ -109,9 +107,7 @@ class TestDocker:
     def test_compose_is_v2_or_later(self, docker_engine: str) -> None:
         assert int(re.match(r"v?(\d+)", docker_engine).group(1)) >= 2
 
-    def test_base_image_runs_busybox_httpd(
-        self, base_image: str, docker_prefix: str
-    ) -> None:
+    def test_base_image_runs_busybox_httpd(self, base_image: str, docker_prefix: str) -> None:
         script = (
             "echo served > /tmp/index.html"
             " && httpd -p 127.0.0.1:8000 -h /tmp"
@@ -130,9 +126,7 @@ class TestDocker:
         assert config.stdout.strip() == '["PATH=/bin"]'
         assert docker("run", "--rm", name, "busybox", "true").returncode == 0
 
-    def test_cleanup_removes_by_prefix_and_spares_the_base_image(
-        self, base_image: str
-    ) -> None:
+    def test_cleanup_removes_by_prefix_and_spares_the_base_image(self, base_image: str) -> None:
         prefix = unique_name("opsfab-t")
         docker("tag", base_image, f"{prefix}-tagged:latest")
         docker("tag", base_image, f"opsfab/{prefix}-prod:latest")
@@ -157,9 +151,7 @@ class TestOriginRepo:
         assert re.fullmatch(r"[0-9a-f]{40}", origin_repo.head("main"))
         assert origin_repo.head("develop") == origin_repo.head("main")
 
-    def test_commits_land_on_their_branch(
-        self, origin_repo: OriginRepo, tmp_path: Path
-    ) -> None:
+    def test_commits_land_on_their_branch(self, origin_repo: OriginRepo, tmp_path: Path) -> None:
         main = origin_repo.head("main")
         sha = origin_repo.commit_version("ok v2", branch="develop")
         assert origin_repo.head("develop") == sha

@@ -94,9 +94,7 @@ def proxied(sshd, nginx_image, docker_prefix, origin_repo, tmp_path):
     env = DeployEnv(app, inventory, ops_root, origin_repo, sshd, f"{app}-infra")
     env.ports = {"status": status, "prod": prod, "dev": dev}
     yield env
-    remove_docker_resources(
-        prefixes=[app], labels=[f"org.opsfab.deployment={app}-prod"]
-    )
+    remove_docker_resources(prefixes=[app], labels=[f"org.opsfab.deployment={app}-prod"])
     docker(
         "rmi",
         "-f",
@@ -122,9 +120,7 @@ def test_proxy_routes_by_container_name_survives_a_stopped_app_and_refuses_bad_c
     assert get(ports["prod"], "/health")[0] == 502
 
     again = env.fab("infra.deploy")
-    assert again.returncode == 0 and "no changes" in again.stdout, (
-        again.stdout + again.stderr
-    )
+    assert again.returncode == 0 and "no changes" in again.stdout, again.stdout + again.stderr
     same = env.fab("infra.diff")
     assert same.returncode == 0 and same.stdout.startswith("no changes"), same.stderr
     before_deploy = env.fab("diff", env.app, "prod")
@@ -141,13 +137,8 @@ def test_proxy_routes_by_container_name_survives_a_stopped_app_and_refuses_bad_c
     files = render_infra(inventory, with_app_nginx=True)
     conf = next(f for f in files if f.path.name == f"20-{env.app}.conf")
     before = Path(str(conf.path)).read_bytes()
-    broken = conf.content.replace(
-        b"server_name _;", b"server_name _;\n    proxy_bogus on;", 1
-    )
-    files = [
-        f if f is not conf else type(f)(f.path, broken, f.mode, f.template)
-        for f in files
-    ]
+    broken = conf.content.replace(b"server_name _;", b"server_name _;\n    proxy_bogus on;", 1)
+    files = [f if f is not conf else type(f)(f.path, broken, f.mode, f.template) for f in files]
     host = inventory.host(inventory.infra.host)
     with (
         connect(inventory.infra.host, host, env.inventory.parent) as target,
@@ -155,19 +146,14 @@ def test_proxy_routes_by_container_name_survives_a_stopped_app_and_refuses_bad_c
     ):
         deploy_infra(inventory, target, Reporter(quiet=True), files=files)
     message = refused.value.message
-    assert (
-        f"{conf.path}, line 9" in message
-        and 'unknown directive "proxy_bogus"' in message
-    )
+    assert f"{conf.path}, line 9" in message and 'unknown directive "proxy_bogus"' in message
     assert Path(str(conf.path)).read_bytes() == before
     assert get(ports["prod"], "/health") == (200, "ok v1")
 
     # A misspelled upstream in a hand-made conf.d file: fab check names it; nginx,
     # resolving names per request, still starts and serves the others.
     typo = Path(str(conf.path)).parent / "25-typo.conf"
-    typo.write_text(
-        TYPO.format(port=ports["dev"], name=f"{env.app}-prdo", app_port=APP_PORT)
-    )
+    typo.write_text(TYPO.format(port=ports["dev"], name=f"{env.app}-prdo", app_port=APP_PORT))
     checked = env.fab("check", "--tree", str(env.ops_root))
     assert checked.returncode != 0
     assert f"upstream '{env.app}-prdo' is not a container name" in checked.stdout

@@ -37,9 +37,7 @@ def rendered(tmp_path_factory) -> Path:
 
 
 def _tree(folder: Path) -> dict[str, Path]:
-    return {
-        str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file()
-    }
+    return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_the_tree_holds_every_file_of_the_reference(rendered: Path):
@@ -86,9 +84,7 @@ def test_no_file_is_rendered_without_a_golden_copy(rendered: Path):
 def test_rendering_is_deterministic(tmp_path: Path):
     inventory = inventory_mod.load(INVENTORY)
     first = [(f.path, f.content, f.mode) for f in render_all(inventory)]
-    again = [
-        (f.path, f.content, f.mode) for f in render_all(inventory_mod.load(INVENTORY))
-    ]
+    again = [(f.path, f.content, f.mode) for f in render_all(inventory_mod.load(INVENTORY))]
     assert first == again
 
 
@@ -133,9 +129,7 @@ def rendered_for_tools(tmp_path_factory) -> Path:
     matter here, so they are empty.
     """
     folder = tmp_path_factory.mktemp("ops")
-    text = INVENTORY.read_text().replace(
-        'ops_root = "/opt/ops"', f'ops_root = "{folder}"'
-    )
+    text = INVENTORY.read_text().replace('ops_root = "/opt/ops"', f'ops_root = "{folder}"')
     path = folder / "hosts.toml"
     path.write_text(text)
     inventory = inventory_mod.load(path)

@@ -27,15 +27,11 @@ def docker(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``docker ARGS`` and capture its output as text."""
     try:
-        result = subprocess.run(
-            ["docker", *args], capture_output=True, text=True, timeout=timeout
-        )
+        result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError as error:
         raise DockerUnavailable("the docker CLI is not installed") from error
     if check and result.returncode != 0:
-        raise DockerCommandError(
-            result.returncode, result.args, result.stdout, result.stderr
-        )
+        raise DockerCommandError(result.returncode, result.args, result.stdout, result.stderr)
     return result
 
 
@@ -55,9 +51,7 @@ def build_image(context: str, tag: str) -> subprocess.CompletedProcess[str]:
 
 def _remove_if_untagged(image: str) -> None:
     # Without -f, docker refuses an image that has children or a container.
-    tags = docker(
-        "image", "inspect", "--format", "{{len .RepoTags}}", image, check=False
-    )
+    tags = docker("image", "inspect", "--format", "{{len .RepoTags}}", image, check=False)
     if tags.stdout.strip() == "0":
         docker("rmi", image, check=False, timeout=60)
 
@@ -89,9 +83,7 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(3)}"
 
 
-def remove_docker_resources(
-    prefixes: Sequence[str] = (), labels: Sequence[str] = ()
-) -> list[str]:
+def remove_docker_resources(prefixes: Sequence[str] = (), labels: Sequence[str] = ()) -> list[str]:
     """Remove containers, networks, volumes and images named by a prefix or labelled.
 
     A name matches a prefix when it, or a part of it after a ``/``, is the prefix
@@ -133,9 +125,7 @@ def _name_matcher(prefixes: Sequence[str]) -> re.Pattern[str] | None:
     return re.compile(rf"(?:^|.*/)(?:{alternatives})(?:$|[-_./:])")
 
 
-def _list(
-    list_args: list[str], match: re.Pattern[str] | None, labels: Sequence[str]
-) -> list[str]:
+def _list(list_args: list[str], match: re.Pattern[str] | None, labels: Sequence[str]) -> list[str]:
     found: set[str] = set()
     if match is not None:
         lines = docker(*list_args, timeout=60).stdout.splitlines()

@@ -30,9 +30,7 @@ _HEALTHY_CMD = f'CMD ["httpd", "-f", "-v", "-p", "{APP_PORT}", "-h", "/www"]'
 _CRASHING_CMD = 'CMD ["sh", "-c", "echo opsfab test: crashing on purpose >&2; exit 1"]'
 
 
-def dockerfile(
-    base_image: str, *, build_fails: bool = False, crashes: bool = False
-) -> str:
+def dockerfile(base_image: str, *, build_fails: bool = False, crashes: bool = False) -> str:
     lines = [f"FROM {base_image}", "COPY www /www"]
     if build_fails:
         lines.append('RUN echo "opsfab test: this build fails on purpose" >&2; false')
@@ -76,9 +74,7 @@ class OriginRepo:
     def file_url(self) -> str:
         return self.path.as_uri()
 
-    def commit_version(
-        self, text: str, branch: str = "main", message: str | None = None
-    ) -> str:
+    def commit_version(self, text: str, branch: str = "main", message: str | None = None) -> str:
         """A healthy app whose /health body is ``text``."""
         return self._commit(branch, message or f"version {text}", health=text)
 
@@ -96,9 +92,7 @@ class OriginRepo:
 
     def head(self, branch: str = "main") -> str:
         """The sha the origin's branch points at."""
-        return git(
-            "--git-dir", str(self.path), "rev-parse", "--verify", f"refs/heads/{branch}"
-        )
+        return git("--git-dir", str(self.path), "rev-parse", "--verify", f"refs/heads/{branch}")
 
     def clone(self, dest: Path, branch: str = "main") -> Path:
         """Clone the origin's branch to ``dest`` (what a deploy checks out)."""
@@ -116,9 +110,7 @@ class OriginRepo:
         # Start from what the origin holds, in case a test pushed there directly.
         if self._origin_has(branch):
             self._git("fetch", "--quiet", "origin", branch)
-            self._git(
-                "checkout", "--quiet", "--force", "-B", branch, f"origin/{branch}"
-            )
+            self._git("checkout", "--quiet", "--force", "-B", branch, f"origin/{branch}")
         health_file = self.work / "www" / "health"
         if health is None:
             health_file.unlink(missing_ok=True)
@@ -151,7 +143,5 @@ def git(*args: str) -> str:
     )
     if result.returncode != 0:
         command = " ".join(["git", *args])
-        raise RuntimeError(
-            f"{command} failed ({result.returncode}): {result.stderr.strip()}"
-        )
+        raise RuntimeError(f"{command} failed ({result.returncode}): {result.stderr.strip()}")
     return result.stdout.strip()

@@ -43,9 +43,7 @@ def ensure_busybox_image(name: str = BUSYBOX_IMAGE, busybox: Path = BUSYBOX) -> 
         timeout=300,
     )  # fmt: skip
     if result.returncode != 0:
-        raise RuntimeError(
-            f"docker import of {name} failed: {result.stderr.decode().strip()}"
-        )
+        raise RuntimeError(f"docker import of {name} failed: {result.stderr.decode().strip()}")
     return name
 
 
@@ -99,6 +97,5 @@ def _is_dynamic_elf(binary: bytes) -> bool:
     phoff = struct.unpack_from("<Q", binary, 0x20)[0]
     phentsize, phnum = struct.unpack_from("<HH", binary, 0x36)
     return any(
-        struct.unpack_from("<I", binary, phoff + i * phentsize)[0] == 3
-        for i in range(phnum)
+        struct.unpack_from("<I", binary, phoff + i * phentsize)[0] == 3 for i in range(phnum)
     )

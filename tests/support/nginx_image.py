@@ -70,9 +70,7 @@ def ensure_nginx_image(name: str = NGINX_IMAGE, nginx: Path = NGINX) -> str:
         input=nginx_rootfs(nginx), capture_output=True, timeout=300,
     )  # fmt: skip
     if result.returncode != 0:
-        raise RuntimeError(
-            f"docker import of {name} failed: {result.stderr.decode().strip()}"
-        )
+        raise RuntimeError(f"docker import of {name} failed: {result.stderr.decode().strip()}")
     return name
 
 
@@ -89,9 +87,7 @@ def nginx_rootfs(nginx: Path = NGINX) -> bytes:
                 continue
             tar.addfile(member, base.extractfile(member) if member.isfile() else None)
         folders = set()
-        for folder in _FOLDERS + [
-            str(Path(p).parent).lstrip("/") for p in _libraries(nginx)
-        ]:
+        for folder in _FOLDERS + [str(Path(p).parent).lstrip("/") for p in _libraries(nginx)]:
             parts = Path(folder).parts
             for i in range(1, len(parts) + 1):
                 folders.add("/".join(parts[:i]))
@@ -113,9 +109,7 @@ def nginx_rootfs(nginx: Path = NGINX) -> bytes:
 
 def _libraries(binary: Path) -> list[str]:
     """Absolute paths of the shared libraries and loader the binary needs (from ldd)."""
-    text = subprocess.run(
-        ["ldd", str(binary)], capture_output=True, text=True, check=True
-    ).stdout
+    text = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout
     paths = []
     for row in text.splitlines():
         for word in row.split():
@@ -125,9 +119,7 @@ def _libraries(binary: Path) -> list[str]:
     return sorted(set(paths))
 
 
-def _add(
-    tar: tarfile.TarFile, name: str, kind: bytes, mode: int, data: bytes = b""
-) -> None:
+def _add(tar: tarfile.TarFile, name: str, kind: bytes, mode: int, data: bytes = b"") -> None:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.mode = mode

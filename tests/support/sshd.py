@@ -156,9 +156,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _write_sshd_config(
-    workdir: Path, port: int, host_key: Path, authorized_keys: Path
-) -> Path:
+def _write_sshd_config(workdir: Path, port: int, host_key: Path, authorized_keys: Path) -> Path:
     config = workdir / "sshd_config"
     config.write_text(
         "\n".join(
@@ -189,9 +187,7 @@ def _write_sshd_config(
     return config
 
 
-def _write_ssh_config(
-    workdir: Path, port: int, client_key: Path, known_hosts: Path
-) -> Path:
+def _write_ssh_config(workdir: Path, port: int, client_key: Path, known_hosts: Path) -> Path:
     """An ssh_config for OpenSSH's client: ``ssh -F FILE opsfab-test``."""
     config = workdir / "ssh_config"
     config.write_text(
@@ -215,9 +211,7 @@ def _write_ssh_config(
 
 
 def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    check = subprocess.run(
-        [SSHD, "-t", "-f", str(config)], capture_output=True, text=True
-    )
+    check = subprocess.run([SSHD, "-t", "-f", str(config)], capture_output=True, text=True)
     if check.returncode != 0:
         raise SshdError(f"sshd rejected {config}:\n{check.stderr.strip()}")
     with log.open("wb") as out:
@@ -243,9 +237,7 @@ def _wait_for_banner(
         except OSError:
             pass
         time.sleep(0.05)
-    raise SshdError(
-        f"sshd sent no banner on {HOST}:{port} in {timeout} s:\n{_tail(log)}"
-    )
+    raise SshdError(f"sshd sent no banner on {HOST}:{port} in {timeout} s:\n{_tail(log)}")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
