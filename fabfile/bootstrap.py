@@ -15,6 +15,7 @@ from pathlib import PurePosixPath
 from . import probe
 from .backup import KINDS, backup_folder
 from .inventory import Deployment, Host, Inventory
+from .render import is_bind
 from .target import Target, line
 
 
@@ -145,7 +146,7 @@ def _docker_changes(host: Host, deployments: list[Deployment], raw: dict) -> lis
                         ),
                     )
                 )
-        for volume in sorted({v for s in d.services for v in s.volumes}):
+        for volume in sorted({v for s in d.services for v in s.volumes if not is_bind(v)}):
             if volume not in volumes:
                 volumes.add(volume)
                 changes.append(

@@ -67,9 +67,16 @@ def run(path: str | Path | None = None, tree: Path | None = None) -> Report:
         inventory = read(path)
     except InventoryError as exc:
         return Report(Path(exc.path), list(exc.problems))
-    report = Report(inventory.path, validate(inventory) + lint(inventory))
+    problems = validate(inventory)
+    if any(key.endswith(".host") for key, _ in problems):
+        return Report(inventory.path, problems)  # nothing can be resolved on its host
+    report = Report(inventory.path, problems + lint(inventory))
     report.memory = memory_budget(inventory)
-    if tree is not None:
+    if tree is not None and (not tree.is_dir() or not _conf_files(tree)):
+        report.problems.append(
+            ("--tree", f"{tree} holds no nginx .conf file; give a copy of the ops root")
+        )
+    elif tree is not None:
         report.problems += lint_nginx_tree(_conf_files(tree), known_containers(inventory))
     elif not report.problems:
         report.problems += lint_rendered_nginx(inventory)

@@ -84,11 +84,13 @@ def check_now(states: dict[str, ContainerState], deployment: Deployment) -> None
         if c in states and not states[c].healthy
     ]
     if problem or unhealthy:
-        raise HealthError(
-            problem or f"not healthy: {', '.join(unhealthy)}",
-            f"read its logs: fab logs {deployment.app_name} {deployment.env}; "
-            f"then fab doctor {deployment.app_name} {deployment.env}",
+        name = f"{deployment.app_name} {deployment.env}"
+        fix = (
+            f"deploy it: fab deploy {name}"
+            if problem and problem.endswith("does not exist")
+            else f"read its logs: fab logs {name}; then fab doctor {name}"
         )
+        raise HealthError(problem or f"not healthy: {', '.join(unhealthy)}", fix)
 
 
 def failure(

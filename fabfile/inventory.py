@@ -668,6 +668,8 @@ def validate(inventory: Inventory) -> list[tuple[str, str]]:
                 except (ValueError, TypeError) as exc:
                     problems.append((f"{key}.memory", str(exc)))
     problems += _memory_problems(inventory)
+    if any(key.endswith(".host") for key, _ in problems):
+        return problems  # the checks below resolve every deployment on its host
     from .check import structural_problems  # check imports this module
 
     problems += structural_problems(inventory)

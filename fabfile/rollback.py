@@ -51,14 +51,14 @@ def rollback(
         s.rollback_image for s in d.built_services if facts.rollback_images.get(s.image) is None
     ]
     missing += [s.container for s in d.built_services if s.container not in facts.containers]
-    same = facts.rollback_commit == running and all(
-        facts.rollback_images.get(s.image) == facts.containers[s.container].image
-        for s in d.built_services
-    )
     fix = f"deploy a known good commit instead: fab deploy {app} {env} --ref <sha>"
     if facts.rollback_commit is None or missing:
         detail = f" (missing {', '.join(missing)})" if missing else " (no rollback point yet)"
         raise OpsfabError(f"{d.name} has nothing to roll back to{detail}", fix)
+    same = facts.rollback_commit == running and all(
+        facts.rollback_images.get(s.image) == facts.containers[s.container].image
+        for s in d.built_services
+    )
     if same:
         raise OpsfabError(
             f"{d.name} has nothing to roll back to: the rollback point is what runs now "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import ipaddress
 import logging
 import os
 import shlex
@@ -26,6 +27,8 @@ from .errors import ConnectError, HostKeyError, RemoteCommandError
 from .inventory import Host, local_env
 
 log = logging.getLogger(__name__)
+# paramiko logs its own tracebacks on connection errors; opsfab reports them itself.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 class _Interrupts:
@@ -202,6 +205,7 @@ class SSHTarget(Target):
 
     def _open(self) -> Connection:
         if not self._opened:
+            refuse_placeholder(self.name, self.host, self.env_prefix)
             try:
                 self._conn.open()
             except paramiko.BadHostKeyException as exc:
@@ -221,8 +225,16 @@ class SSHTarget(Target):
                         f"{self.host.address} >> {self.host.known_hosts}` or set "
                         f"hosts.{self.name}.host_key in hosts.toml",
                     ) from None
+                key = self.host.key or ""
+                missing = (
+                    f" (the key file {key} does not exist; set {self.env_prefix}_SSH_KEY)"
+                    if key
+                    and not key.lstrip().startswith("-----")
+                    and not Path(key).expanduser().exists()
+                    else ""
+                )
                 raise ConnectError(
-                    f"[{self.name}] SSH to {self._where} failed: {exc}",
+                    f"[{self.name}] SSH to {self._where} failed: {exc}{missing}",
                     "check the user, the key (or password) and sshd on the host",
                 ) from None
             except (TimeoutError, OSError) as exc:
@@ -256,12 +268,42 @@ class SSHTarget(Target):
         return Result(command, result.stdout, result.stderr, result.exited)
 
     def _put(self, path: str, data: bytes) -> None:
-        self._open().sftp().putfo(io.BytesIO(data), path)
+        conn = self._open()
+        try:
+            conn.sftp().putfo(io.BytesIO(data), path)
+        except (paramiko.SSHException, OSError) as exc:
+            raise ConnectError(
+                f"[{self.name}] upload to {path} failed: {exc or type(exc).__name__}",
+                "opsfab uploads over SFTP: enable it in the host's sshd_config "
+                "(Subsystem sftp internal-sftp) and check the folder is writable",
+            ) from None
 
     def close(self) -> None:
         if self._opened:
             self._conn.close()
             self._opened = False
+
+
+# Documentation addresses (RFC 5737, RFC 3849) route nowhere: an inventory that still
+# holds one was never pointed at a real server.
+PLACEHOLDER_NETWORKS = [
+    ipaddress.ip_network(n)
+    for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+]
+
+
+def refuse_placeholder(name: str, host: Host, prefix: str) -> None:
+    try:
+        address = ipaddress.ip_address(host.address)
+    except ValueError:
+        return
+    if any(address in network for network in PLACEHOLDER_NETWORKS):
+        raise ConnectError(
+            f"[{name}] {host.address} is a documentation placeholder, not a server; "
+            "nothing was sent",
+            f"set {prefix}_HOST (environment or .env) or hosts.{name}.address to the real "
+            "address; `fab deploy APP ENV --dry-run` needs no host",
+        )
 
 
 def known_hosts_name(host: Host) -> str:

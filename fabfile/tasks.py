@@ -111,10 +111,10 @@ def history(c, app, env, limit=20, json=False):
 def unlock(c, app, env):
     """Remove the lock of APP ENV left by a deploy that died (says who held it)."""
     holder = api.unlock(app, env)
-    print(
-        f"released the lock of {app}-{env}"
-        + (f" held by {holder}" if holder else " (it was free)")
-    )
+    if holder:
+        print(f"released the lock of {app}-{env}, held by {holder}")
+    else:
+        print(f"the lock of {app}-{env} was free; nothing to release")
 
 
 class _PositionalUnlessAll(Argument):

@@ -58,3 +58,28 @@ def test_a_malformed_pinned_host_key_is_an_inventory_error(folder: Path):
     with pytest.raises(InventoryError) as err:
         inventory_mod.load(folder / "hosts.toml")
     assert "hosts.cvm.host_key: not a valid SSH public key" in str(err.value)
+
+
+def test_an_app_on_an_unknown_host_is_reported_not_a_traceback(folder: Path):
+    (folder / "hosts.toml").write_text(
+        MINIMAL
+        + """
+[apps.web]
+host = "cvn"
+repo = "r"
+envs.prod.branch = "main"
+services.app = { container = "web-{env}", image = "x:1", memory = "64m" }
+"""
+    )
+    with pytest.raises(InventoryError, match="apps.web.host: unknown host 'cvn'; use one of: cvm"):
+        inventory_mod.load(folder / "hosts.toml")
+
+
+def test_the_placeholder_address_is_never_contacted(folder: Path):
+    from fabfile.errors import ConnectError
+    from fabfile.target import connect
+
+    inv = inventory_mod.load(folder / "hosts.toml")
+    with pytest.raises(ConnectError, match="documentation placeholder") as err:
+        connect("cvm", inv.hosts["cvm"]).run("true")
+    assert "CVM_HOST" in err.value.fix
