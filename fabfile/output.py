@@ -24,7 +24,10 @@ class Reporter:
         self.say(f"[{number:>2}/{total}] {name:<10} {outcome:<8} {seconds:6.2f} s{tail}")
 
     def command(self, text: str, when: str | None = None, note: str | None = None) -> None:
-        self.say(f"        $ {text}")
+        first, *rest = text.splitlines() or [""]
+        self.say(f"        $ {first}")
+        for more in rest:  # a multi-line script (the probe) stays readable
+            self.say(f"          {more}")
         if when:
             self.say(f"          (only when {when})")
         if note:
