@@ -212,6 +212,8 @@ def _item_sections(job: Job, item: Item) -> list[tuple[str, str]]:
             "docker",
             "run",
             "--rm",
+            "--pull",
+            "never",
             "--network",
             "none",
             "--user",
@@ -227,8 +229,11 @@ def _item_sections(job: Job, item: Item) -> list[tuple[str, str]]:
             "/data",
             ".",
         ]
+        # `docker run -v` would create a missing volume (and archive it empty), and a
+        # missing image would be pulled: check the one, forbid the other.
+        exists = line(["docker", "volume", "inspect", "--format", "{{.Name}}", item.name])
         return [
-            ("dump", line(tar) + out),
+            ("dump", f"{exists} >/dev/null && " + line(tar) + out),
             size,
             ("gzip", line(["gzip", "-t", partial])),
             ("entries", line(["tar", "-tzf", partial]) + " | wc -l"),
@@ -253,7 +258,7 @@ def _item_sections(job: Job, item: Item) -> list[tuple[str, str]]:
                 "complete",
                 line(["tail", "-n", "5", partial]) + " | " + line(["grep", "-c", PG_COMPLETE]),
             ),
-            ("dumped", line(["grep", "-c", "^CREATE TABLE ", partial])),
+            ("dumped", line(["grep", "-cE", "^CREATE (UNLOGGED )?TABLE ", partial])),
             (
                 "tables",
                 line(
@@ -312,7 +317,8 @@ def _verify(item: Item, facts: dict[str, tuple[int, str]]) -> Verified:
         return Verified(item, False, "the copy fails PRAGMA integrity_check")
     if tables < 0:
         return Verified(item, False, f"could not count the tables: {_tail(out('tables'))}")
-    if dumped != tables:
+    # A data row may itself start with "CREATE TABLE": only fewer is a missing table.
+    if dumped < tables or (item.kind == "sqlite" and dumped != tables):
         return Verified(
             item, False, f"the dump lists {max(dumped, 0)} tables, the database holds {tables}"
         )
@@ -364,7 +370,8 @@ def prune_line(job: Job, listing: str, keep: int | None) -> tuple[str, list[str]
         return "", []
     sets = sets_in(listing, job.deployment)
     sets.setdefault(job.set_id, [])
-    old = sorted(sets, key=_stamp_of, reverse=True)[keep:]
+    others = sorted((s for s in sets if s != job.set_id), key=_stamp_of, reverse=True)
+    old = others[max(keep - 1, 0) :]  # the set just made always counts as one kept
     files = [str(job.folder / f) for s in old for f in sets[s]]
     return (line(["rm", "-f", "--", *files]) if files else ""), old
 
@@ -495,7 +502,9 @@ def restore_plan(d: Deployment, kind: str, set_id: str, files: list[str]) -> lis
         )
     databases = {i.container for i in present if i.kind == "postgres"}
     stop = [s.container for s in d.services if s.container not in databases]
-    commands = [line(["docker", "stop", *stop])] if stop else []
+    # Every file reads back before anything is stopped.
+    commands = [" && ".join(line(["gzip", "-t", job.path(i)]) for i in present)]
+    commands += [line(["docker", "stop", *stop])] if stop else []
     for item in present:
         commands.append(_restore_item(job, item))
     commands.append(line(["docker", "start", *[s.container for s in d.services]]))
@@ -513,6 +522,8 @@ def _restore_item(job: Job, item: Item) -> str:
             "run",
             "--rm",
             "-i",
+            "--pull",
+            "never",
             "--network",
             "none",
             "--user",
@@ -553,6 +564,8 @@ def _restore_item(job: Job, item: Item) -> str:
         "run",
         "--rm",
         "-i",
+        "--pull",
+        "never",
         "--network",
         "none",
         "--user",

@@ -106,10 +106,16 @@ def _folder_changes(wanted: dict[str, str], modes: dict[str, str]) -> list[Chang
                     line(["mkdir", "-p", "-m", mode, path], ["chmod", mode, path]),
                 )
             )
-        elif modes[path] != mode:
-            changes.append(
-                Change(f"mode of {path}: {modes[path]} -> {mode}", line(["chmod", mode, path]))
-            )
+        else:
+            # Only ever tighten: a folder the operator made stricter stays so, and the
+            # special bits (setgid) are not ours to judge.
+            found = int(modes[path], 8) & 0o777
+            tightened = found & int(mode, 8)
+            if tightened != found:
+                new = f"{tightened:o}"
+                changes.append(
+                    Change(f"mode of {path}: {modes[path]} -> {new}", line(["chmod", new, path]))
+                )
     return changes
 
 

@@ -110,14 +110,21 @@ def _containers(text: str) -> dict[str, dict]:
 def network_findings(d: Deployment, containers: dict, shared_exists: bool) -> list[Finding]:
     shared = d.host.shared_network
     if not shared_exists:
+        # Creating the network alone fixes nothing: the app's containers must join it.
+        joins = [
+            ["docker", "network", "connect", shared, s.container]
+            for s in d.proxied
+            if s.container in containers
+        ]
         return [
             Finding(
                 "problem",
                 shared,
                 f"the shared network {shared} does not exist, so "
                 "nginx reaches no app (502 Bad Gateway)",
-                f"fab bootstrap {d.host_name}, or: docker network create {shared}",
-                line(["docker", "network", "create", shared]),
+                f"fab doctor {d.app_name} {d.env} --fix (creates it and connects "
+                f"{d.name}'s proxied containers), or fab bootstrap {d.host_name}",
+                line(["docker", "network", "create", shared], *joins),
             )
         ]
     findings = []

@@ -10,6 +10,7 @@ Each raises an ``OpsfabError`` subclass on failure; none prints a secret value.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -56,12 +57,19 @@ def logs(
     follow: bool = False,
     inventory: Inventory | None = None,
 ) -> int:
-    """Stream the logs to stdout; returns compose's exit status."""
+    """The logs on stdout, secret values masked; returns compose's exit status.
+
+    ``follow`` streams as the lines come, which leaves no chance to mask them."""
     inv = _inventory(inventory)
     d = inv.deployment(app, env)
     command = status_mod.logs_line(d, service, tail, follow)
     with target_for(inv, d.host_name) as target:
-        return target.run(command, stream=True, check=False).exited
+        if follow:
+            return target.run(command, stream=True, check=False).exited
+        secrets_mod.mask_host_secrets(target, d)
+        result = target.run(command + " 2>&1", check=False)
+        sys.stdout.write(result.stdout)
+        return result.exited
 
 
 def secrets_check(app: str, env: str, *, inventory: Inventory | None = None) -> secrets_mod.Change:
@@ -141,17 +149,21 @@ def restore(
         if not lock.ok:
             holder = target.run(line(["cat", str(d.lock_dir / "holder")]), check=False)
             raise lock_error(d, holder.stdout if holder.ok else "another task")
-        result = "failed"
+        result, done = "failed", 0
+        start = commands[-1]  # `docker start` of every container of the deployment
         try:
             for command in commands:
                 report(f"  $ {command}")
                 target.run(
                     command,
-                    fix="the app may be stopped: fix the cause, then run "
-                    f"the restore again or `fab deploy {app} {env}`",
+                    fix=f"{done} of {len(commands)} restore commands ran; the containers were "
+                    f"started again; fix the cause, then run the restore again",
                 )
+                done += 1
             result = "ok"
         finally:
+            if result != "ok":  # never leave the app stopped, whatever failed
+                target.run(start, check=False)
             record = {
                 "time": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "action": "restore",
@@ -180,6 +192,7 @@ def doctor(
     inv = _inventory(inventory)
     d = inv.deployment(app, env)
     with target_for(inv, d.host_name) as target:
+        secrets_mod.mask_host_secrets(target, d)  # doctor prints container log lines
         findings = doctor_mod.examine(target, inv, d)
         if fix:
             doctor_mod.fix(target, findings)

@@ -106,7 +106,8 @@ def compose_context(inventory: Inventory, deployment: Deployment) -> dict:
             "memory": f"{s.memory_mb}m",
             "stop_grace_period": s.stop_grace_period,
             "env_file": s.env_file,
-            "environment": s.environment,
+            # Values are literal: compose would expand a "$" (its escape is "$$").
+            "environment": {k: v.replace("$", "$$") for k, v in s.environment.items()},
             "volumes": s.volumes,
             "networks": s.networks,
             "healthcheck": healthcheck(s),

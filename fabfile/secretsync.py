@@ -47,6 +47,7 @@ class Change:
     changed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)  # secret file -> outcome
+    modes: dict[str, str] = field(default_factory=dict)  # host path -> mode found, if wrong
 
     @property
     def any(self) -> bool:
@@ -54,6 +55,7 @@ class Change:
             self.added
             or self.removed
             or self.changed
+            or self.modes
             or any(v != "unchanged" for v in self.files.values())
         )
 
@@ -62,6 +64,10 @@ class Change:
         rows += [f"  - {k} (removed)" for k in self.removed]
         rows += [f"  ~ {k} (changed)" for k in self.changed]
         rows += [f"  {name}: {outcome}" for name, outcome in sorted(self.files.items())]
+        rows += [
+            f"  {path}: mode {mode} -> {'700' if path.endswith('/') else '600'}"
+            for path, mode in sorted(self.modes.items())
+        ]
         return rows
 
     def as_dict(self) -> dict:
@@ -71,6 +77,7 @@ class Change:
             "changed": self.changed,
             "unchanged": self.unchanged,
             "files": self.files,
+            "modes": self.modes,
         }
 
 
@@ -193,7 +200,10 @@ def parse_host_env(text: str) -> dict[str, str]:
             for k, v in dotenv_values(stream=io.StringIO(text), interpolate=False).items()
         }
     values = {}
-    for row in text[len(HEADER) :].splitlines():
+    # Only "\n" ends a row: str.splitlines() would also split a value at U+2028 or U+0085.
+    for row in text[len(HEADER) :].split("\n"):
+        if not row:
+            continue
         key, _, quoted = row.partition("=")
         values[key] = re.sub(
             r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), quoted[1:-1]
@@ -209,8 +219,15 @@ def compare(target: Target, d: Deployment, local: Local) -> Change:
     items = [("env", line(["cat", str(d.env_file)]))]
     for name in local.files:
         items.append((f"file {name}", line(["sha256sum", str(d.secrets_dir / name)])))
+    paths = [str(d.secrets_dir), str(d.env_file), *(str(d.secrets_dir / n) for n in local.files)]
+    items.append(("modes", line(["stat", "-c", "%a %n", "--", *paths]) + " 2>/dev/null"))
     raw = probe.parse(target.run(probe.script(items), check=False).stdout)
     change = Change()
+    for row in raw.get("modes", (1, ""))[1].splitlines():
+        mode, _, path = row.partition(" ")
+        want = 0o700 if path == str(d.secrets_dir) else 0o600
+        if mode.isdigit() and int(mode, 8) & 0o777 != want:
+            change.modes[path + ("/" if want == 0o700 else "")] = mode
     if local.values is not None:
         rc, text = raw.get("env", (1, ""))
         current = parse_host_env(text + "\n") if rc == 0 else {}
@@ -250,7 +267,15 @@ def push(target: Target, inventory: Inventory, d: Deployment) -> Change:
     for name, outcome in change.files.items():
         if name in local.files and outcome != "unchanged":
             uploads[name] = local.files[name]
-    write_files(target, d, uploads)
+    if uploads:
+        write_files(target, d, uploads)
+    if change.modes:
+        paths = [p.rstrip("/") for p in change.modes]
+        files = [p for p in paths if p != str(d.secrets_dir)]
+        target.run(
+            line(["chmod", "700", str(d.secrets_dir)])
+            + (" && " + line(["chmod", "600", "--", *files]) if files else "")
+        )
     return change
 
 
@@ -278,3 +303,17 @@ def check_names(app: str, env: str, inventory: Inventory) -> Deployment:
             "copy them to <ops root>/secrets/infra/ with mode 600",
         )
     return inventory.deployment(app, env)
+
+
+def mask_host_secrets(target: Target, d: Deployment) -> None:
+    """Read the deployment's env file and secret files on the host (one round trip),
+    only so that their values are masked in whatever the target returns from now on."""
+    items = [("env", line(["cat", "--", str(d.env_file)]))]
+    items += [
+        (f"file {name}", line(["cat", "--", str(path)])) for name, path in d.secret_files.items()
+    ]
+    raw = probe.parse(target.run(probe.script(items), check=False).stdout)
+    rc, text = raw.get("env", (1, ""))
+    if rc == 0:
+        target.add_secrets(parse_host_env(text).values())
+    target.add_secrets(out for label, (rc, out) in raw.items() if label != "env" and rc == 0)

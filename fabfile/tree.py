@@ -201,7 +201,7 @@ def compose_context(inventory: Inventory, stack: str) -> dict:
                 "command": svc.command,
                 "user": svc.user,
                 "memory": f"{memory_mb(svc.memory)}m",
-                "environment": svc.environment,
+                "environment": {k: v.replace("$", "$$") for k, v in svc.environment.items()},
                 "volumes": svc.volumes,
                 "networks": svc.networks,
                 "secrets": sorted(svc.secrets),

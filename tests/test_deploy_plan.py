@@ -556,3 +556,23 @@ def test_ctrl_c_during_a_remote_build_is_held_and_then_rolls_back(inv):
         host, "docker image tag opsfab/quickpulse-dev:rollback opsfab/quickpulse-dev:latest"
     )
     assert target_mod._Interrupts.pending is False
+
+
+def test_a_dollar_in_an_inventory_value_reaches_the_container_literally(tmp_path):
+    text = (
+        (REPO_ROOT / "hosts.toml")
+        .read_text()
+        .replace(
+            'env_file = true\nvolumes = { "qp-',
+            'env_file = true\nenvironment = { TZ = "a$HOME" }\nvolumes = { "qp-',
+            1,
+        )
+    )
+    (tmp_path / "hosts.toml").write_text(text)
+    inv = inventory_mod.load(tmp_path / "hosts.toml")
+    [compose] = [
+        f
+        for f in render.render_deployment(inv, inv.deployment("quickpulse", "prod"))
+        if f.path.name == "docker-compose.yml"
+    ]
+    assert 'TZ: "a$$HOME"' in compose.content.decode()

@@ -22,7 +22,7 @@ failed=0
 say() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) backup $kind: $*"; }
 
 volume() {  # SET VOLUME IMAGE: the volume as tar.gz, read by a throwaway container
-    docker run --rm --network none --user 0:0 --entrypoint tar -v "$2:/data:ro" "$3" \
+    docker run --rm --pull never --network none --user 0:0 --entrypoint tar -v "$2:/data:ro" "$3" \
         -czf - -C /data . > "$folder/.partial-$1.volume-$2.tar.gz" &&
     gzip -t "$folder/.partial-$1.volume-$2.tar.gz" &&
     [ "$(tar -tzf "$folder/.partial-$1.volume-$2.tar.gz" | wc -l)" -gt 0 ]
