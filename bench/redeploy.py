@@ -13,7 +13,6 @@ import argparse
 import copy
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,11 +22,8 @@ from fabfile import inventory as inventory_mod  # noqa: E402
 from fabfile.deploy import Options, deploy  # noqa: E402
 from fabfile.output import Reporter  # noqa: E402
 from fabfile.target import connect  # noqa: E402
-from tests.support.deployenv import write_inventory, write_secrets  # noqa: E402
-from tests.support.docker import remove_docker_resources, unique_name  # noqa: E402
-from tests.support.gitrepo import OriginRepo  # noqa: E402
-from tests.support.images import ensure_busybox_image  # noqa: E402
-from tests.support.sshd import start_sshd  # noqa: E402
+from tests.support.benchhost import bench_host  # noqa: E402
+from tests.support.deployenv import write_secrets  # noqa: E402
 
 
 def main() -> None:
@@ -35,24 +31,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--env", default="dev", help="prod adds the backup step")
     args = parser.parse_args()
-    ensure_busybox_image()
-    app = unique_name("opsfab-bench")
-    with tempfile.TemporaryDirectory() as tmp, start_sshd(Path(tmp) / "sshd") as sshd:
-        root = Path(tmp)
-        ops = root / "ops"
-        ops.mkdir()
-        origin = OriginRepo(root / "origin")
-        path = write_inventory(
-            root / "hosts.toml", app=app, sshd=sshd, ops_root=ops, origin=origin
-        )
-        write_secrets(ops, app, args.env)
-        inv = inventory_mod.load(path)
+    with bench_host() as host:
+        app = host.app
+        write_secrets(host.ops_root, app, args.env)
+        inv = inventory_mod.load(host.inventory)
         d = inv.deployment(app, args.env)
-        try:
-            once(inv, d, app, args.env)  # first deploy: clone, build, network
-            rows = [once(inv, d, app, args.env) for _ in range(args.runs)]
-        finally:
-            remove_docker_resources(prefixes=[app], labels=[f"org.opsfab.deployment={d.name}"])
+        once(inv, d, app, args.env)  # first deploy: clone, build, network
+        rows = [once(inv, d, app, args.env) for _ in range(args.runs)]
     print(f"redeploy of {d.name} with nothing changed, {args.runs} runs (median; min-max)")
     labels = {
         "wall": "wall time",

@@ -14,7 +14,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,27 +24,16 @@ from fabfile import status as status_mod  # noqa: E402
 from fabfile.deploy import Options, deploy  # noqa: E402
 from fabfile.output import Reporter  # noqa: E402
 from fabfile.target import connect  # noqa: E402
-from tests.support.deployenv import REPO_ROOT, write_inventory, write_secrets  # noqa: E402
-from tests.support.docker import remove_docker_resources, unique_name  # noqa: E402
-from tests.support.gitrepo import OriginRepo  # noqa: E402
-from tests.support.images import ensure_busybox_image  # noqa: E402
-from tests.support.sshd import start_sshd  # noqa: E402
+from tests.support.benchhost import bench_host  # noqa: E402
+from tests.support.deployenv import REPO_ROOT, write_secrets  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    ensure_busybox_image()
-    app = unique_name("opsfab-bench")
-    with tempfile.TemporaryDirectory() as tmp, start_sshd(Path(tmp) / "sshd") as sshd:
-        root = Path(tmp)
-        ops = root / "ops"
-        ops.mkdir()
-        origin = OriginRepo(root / "origin")
-        path = write_inventory(
-            root / "hosts.toml", app=app, sshd=sshd, ops_root=ops, origin=origin
-        )
+    with bench_host() as host:
+        app, path = host.app, host.inventory
         text = path.read_text()
         block = text[text.index(f"[apps.{app}.services.app]") :]
         for extra in ("web2", "web3"):  # two more services: three containers per env
@@ -54,17 +42,11 @@ def main() -> None:
             ).replace("publish = { prod = 18003, dev = 18004 }\n", "")
         path.write_text(text)
         inv = inventory_mod.load(path)
-        try:
-            for env in ("prod", "dev"):
-                write_secrets(ops, app, env)
-                with connect("testhost", inv.host("testhost")) as target:
-                    deploy(inv, app, env, target, Options(actor="bench"), Reporter(quiet=True))
-            measure(inv, path, args.runs)
-        finally:
-            remove_docker_resources(
-                prefixes=[app],
-                labels=[f"org.opsfab.deployment={app}-{e}" for e in ("prod", "dev")],
-            )
+        for env in ("prod", "dev"):
+            write_secrets(host.ops_root, app, env)
+            with connect("testhost", inv.host("testhost")) as target:
+                deploy(inv, app, env, target, Options(actor="bench"), Reporter(quiet=True))
+        measure(inv, path, args.runs)
 
 
 def measure(inv, path: Path, runs: int) -> None:

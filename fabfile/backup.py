@@ -32,6 +32,9 @@ from .target import Target, line
 
 KINDS = ("manual", "deploy", "daily", "weekly")
 STAMP = r"\d{8}T\d{6}Z(?:-[0-9a-f]{6})?"
+# A container of the app's own image that only touches the mounted data: no network, no
+# pull (a missing image must fail, not come from a registry), root to read every file.
+THROWAWAY = ["docker", "run", "--rm", "--pull", "never", "--network", "none", "--user", "0:0"]
 PG_COMPLETE = "PostgreSQL database dump complete"
 PG_TABLES = (
     "SELECT count(*) FROM pg_catalog.pg_tables"
@@ -209,15 +212,7 @@ def _item_sections(job: Job, item: Item) -> list[tuple[str, str]]:
     size = ("size", line(["stat", "-c", "%s", partial]))
     if item.kind == "volume":
         tar = [
-            "docker",
-            "run",
-            "--rm",
-            "--pull",
-            "never",
-            "--network",
-            "none",
-            "--user",
-            "0:0",
+            *THROWAWAY,
             "--entrypoint",
             "tar",
             "-v",
@@ -518,16 +513,8 @@ def _restore_item(job: Job, item: Item) -> str:
         # The volume is emptied first, so files deleted since the backup do not stay.
         script = "find /data -mindepth 1 -maxdepth 1 -exec rm -rf {} + && tar -xzf - -C /data"
         restore = [
-            "docker",
-            "run",
-            "--rm",
+            *THROWAWAY,
             "-i",
-            "--pull",
-            "never",
-            "--network",
-            "none",
-            "--user",
-            "0:0",
             "--entrypoint",
             "sh",
             "-v",
@@ -560,16 +547,8 @@ def _restore_item(job: Job, item: Item) -> str:
         'cat > "$1.opsfab-restore" && mv -f "$1.opsfab-restore" "$1" && rm -f "$1-wal" "$1-shm"'
     )
     restore = [
-        "docker",
-        "run",
-        "--rm",
+        *THROWAWAY,
         "-i",
-        "--pull",
-        "never",
-        "--network",
-        "none",
-        "--user",
-        "0:0",
         "--volumes-from",
         item.container,
         "--entrypoint",
