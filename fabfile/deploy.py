@@ -37,7 +37,7 @@ from .errors import (
 from .inventory import Deployment, Inventory
 from .output import Reporter
 from .render import RenderedFile, render_deployment
-from .target import Target, line
+from .target import Result, Target, line
 
 MIN_DOCKER = (20, 10)
 MIN_COMPOSE = (2, 0)
@@ -311,7 +311,7 @@ class Deploy:
         try:
             self.execute_actions(plan_rollback(self))
             if "up" in self.reached or "build" in self.reached:
-                states = health.wait(self.target, self.d, self.out, self.facts.containers)
+                states = health.wait(self.target, self.d, self.facts.containers)
             else:
                 states = probe.container_states(self.target, self.containers)
                 health.check_now(states, self.d)
@@ -342,9 +342,7 @@ class Deploy:
             self.target.run(
                 configs.restore_line(self.file_paths) + " && " + restore_pointers_line(self.d)
             )
-            reload = nginx_reload_actions(self)
-            if reload[0].enabled and self.target.run(reload[0].line, check=False).ok:
-                self.target.run(reload[1].line)
+            reload_nginx(self)
         except OpsfabError as exc:
             self.restored = (
                 f"could not put the previous configs back: {exc.message.splitlines()[0]}"
@@ -455,9 +453,7 @@ def run_preflight(run: Deploy) -> tuple[str, str]:
 
 def mask_secrets(target: Target, facts: probe.Facts) -> None:
     """From now on the env file's values and the secret files never reach any output."""
-    if facts.env_text is not None:
-        target.add_secrets(secretsync.parse_host_env(facts.env_text).values())
-    target.add_secrets(facts.secret_values)
+    secretsync.mask_values(target, facts.env_text, facts.secret_values)
 
 
 UNESCAPED_DOLLAR = re.compile(r"(?<![\\$])\$(?![$])")
@@ -682,26 +678,36 @@ def nginx_reload_actions(run: Deploy) -> list[Action]:
     ]
 
 
+def reload_nginx(run: Deploy) -> Result | None:
+    """``nginx -t`` in the proxy, then reload, when a conf changed and the proxy runs.
+
+    Returns the failed test (nothing was reloaded), or None."""
+    test, reload = nginx_reload_actions(run)
+    if not test.enabled:
+        return None
+    result = run.target.run(test.line, check=False)
+    if not result.ok:
+        return result
+    run.target.run(reload.line)
+    return None
+
+
 def run_configs(run: Deploy) -> tuple[str, str]:
-    actions = plan_configs(run)
-    reload = actions[-2:]
-    run.execute_actions(actions[:-2])
-    if reload[0].enabled:
-        test = run.target.run(reload[0].line, check=False)
-        if not test.ok:
-            run.target.run(configs.restore_line(run.file_paths))
-            raise OpsfabError(
-                "nginx rejected the new config; the previous files are back:\n"
-                + _nginx_error(test),
-                "fix the template or the inventory value named above (fab render to inspect)",
-            )
-        run.execute_actions([reload[1]])
+    run.execute_actions(plan_configs(run)[:-2])  # the last two: the guarded reload
+    rejected = reload_nginx(run)
+    if rejected is not None:
+        run.target.run(configs.restore_line(run.file_paths))
+        raise OpsfabError(
+            "nginx rejected the new config; the previous files are back:\n"
+            + _nginx_error(rejected),
+            "fix the template or the inventory value named above (fab render to inspect)",
+        )
     if not run.changed:
         return "ok", "no changes"
     return "ok", "changed: " + ", ".join(p.rsplit("/", 1)[-1] for p in run.changed)
 
 
-def _nginx_error(result) -> str:
+def _nginx_error(result: Result) -> str:
     text = (result.stdout + result.stderr).strip().splitlines()
     return "\n".join("    " + t for t in text[-5:])
 
@@ -894,7 +900,7 @@ def plan_health(run: Deploy) -> list[Action]:
     _d, s = run.d, run.d.app.deploy
     return [
         Action(
-            health.poll_line(run.containers),
+            probe.state_line(run.containers),
             note=f"repeated every {s.health_poll:g} s until every container is healthy, "
             f"at most {s.health_tries} x {s.health_timeout} s; "
             "fails at once when a container exits, restarts or turns unhealthy",
@@ -903,7 +909,7 @@ def plan_health(run: Deploy) -> list[Action]:
 
 
 def run_health(run: Deploy) -> tuple[str, str]:
-    states = health.wait(run.target, run.d, run.out, run.facts.containers)
+    states = health.wait(run.target, run.d, run.facts.containers)
     return "ok", ", ".join(f"{c} {states[c].health}" for c in run.containers)
 
 

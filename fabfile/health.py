@@ -11,8 +11,7 @@ import time
 
 from .errors import HealthError
 from .inventory import Deployment
-from .output import Reporter
-from .probe import ContainerState, container_states, state_line
+from .probe import ContainerState, container_states
 from .target import Target, line
 
 HEALTH_LOG_FORMAT = (
@@ -21,14 +20,9 @@ HEALTH_LOG_FORMAT = (
 )
 
 
-def poll_line(containers: list[str]) -> str:
-    return state_line(containers)
-
-
 def wait(
     target: Target,
     deployment: Deployment,
-    out: Reporter | None = None,
     before: dict[str, ContainerState] | None = None,
 ) -> dict[str, ContainerState]:
     """Poll until every container is healthy and stays so for ``health_settle`` seconds.

@@ -103,36 +103,7 @@ class InfraDeploy:
     # -- plans -------------------------------------------------------------------------
 
     def probe_sections(self) -> list[tuple[str, str]]:
-        items = [
-            (
-                "network",
-                line(
-                    [
-                        "docker",
-                        "network",
-                        "inspect",
-                        "--format",
-                        "{{.Name}}",
-                        self.host.shared_network,
-                    ]
-                ),
-            )
-        ]
-        items.append(
-            (
-                "proxy",
-                line(
-                    [
-                        "docker",
-                        "container",
-                        "inspect",
-                        "--format",
-                        "{{.State.Running}}",
-                        self.host.proxy_container,
-                    ]
-                ),
-            )
-        )
+        items = probe.host_sections(self.host)
         items.append(("hashes", line(["sha256sum", "--", *[str(f.path) for f in self.files]])))
         for name, path in sorted(infra_secret_files(self.inventory).items()):
             items.append((f"secret {name}", line(["test", "-f", str(path)])))

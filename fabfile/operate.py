@@ -19,7 +19,7 @@ from . import bootstrap as bootstrap_mod
 from . import doctor as doctor_mod
 from . import secretsync as secrets_mod
 from . import status as status_mod
-from .deploy import actor, lock_error, lock_line
+from .deploy import actor, lock_line, take_lock
 from .errors import OpsfabError, UsageError
 from .inventory import Inventory, load
 from .target import Target, connect, line
@@ -145,10 +145,7 @@ def restore(
                 f"fab restore {app} {env} {set_id} --confirm",
             )
         started = datetime.now(UTC)
-        lock = target.run(lock_line(d, f"restore-{set_id}", actor(), started), check=False)
-        if not lock.ok:
-            holder = target.run(line(["cat", str(d.lock_dir / "holder")]), check=False)
-            raise lock_error(d, holder.stdout if holder.ok else "another task")
+        take_lock(target, d, lock_line(d, f"restore-{set_id}", actor(), started))
         result, done = "failed", 0
         start = commands[-1]  # `docker start` of every container of the deployment
         try:

@@ -8,11 +8,14 @@ read with explicit ``--format`` fields, never ``{{json .}}`` (that holds the env
 
 from __future__ import annotations
 
+import io
 import re
 import shlex
 from dataclasses import dataclass, field
 
-from .inventory import Deployment
+from dotenv import dotenv_values
+
+from .inventory import Deployment, Host
 from .target import Target, line
 
 MARK = "@@opsfab"
@@ -22,9 +25,6 @@ STATE_FORMAT = (
     "{{.Name}}|{{.Id}}|{{.Image}}|{{.State.Status}}|"
     '{{if index .State "Health"}}{{.State.Health.Status}}{{else}}none{{end}}|'
     "{{.RestartCount}}|{{.State.ExitCode}}|{{.State.StartedAt}}"
-)
-SECRET_KEYS = (
-    r"s/^[[:space:]]*\(export[[:space:]]\{1,\}\)\{0,1\}\([A-Za-z_][A-Za-z0-9_]*\)=.*/\2/p"
 )
 
 
@@ -82,10 +82,7 @@ def sections(deployment: Deployment, files: list[str]) -> list[tuple[str, str]]:
             'root=$(docker info --format "{{.DockerRootDir}}" 2>/dev/null) || root=/; '
             'echo "$root"; df -Pk "$root"',
         ),
-        (
-            "network",
-            line(["docker", "network", "inspect", "--format", "{{.Name}}", host.shared_network]),
-        ),
+        *host_sections(host),
         ("lock", line(["cat", str(d.lock_dir / "holder")])),
         ("repo", line(["git", "-C", str(d.repo_dir), "rev-parse", "--verify", "HEAD"])),
         ("current", line(["git", "-C", str(d.repo_dir), "rev-parse", "--verify", CURRENT_REF])),
@@ -98,26 +95,8 @@ def sections(deployment: Deployment, files: list[str]) -> list[tuple[str, str]]:
             f"d={shlex.quote(str(d.ops_root))}; "
             'while [ ! -e "$d" ]; do d=$(dirname "$d"); done; df -Pk "$d"',
         ),
-        (
-            "proxy",
-            line(
-                [
-                    "docker",
-                    "container",
-                    "inspect",
-                    "--format",
-                    "{{.State.Running}}",
-                    host.proxy_container,
-                ]
-            ),
-        ),
     ]
-    if any(s.env_file for s in d.services):
-        items.append(("secrets", line(["sed", "-n", SECRET_KEYS, str(d.env_file)])))
-        # Read only to mask the values in any output and to check the file's syntax.
-        items.append(("envfile", line(["cat", "--", str(d.env_file)])))
-    for name, path in sorted(d.secret_files.items()):
-        items.append((f"secretfile {name}", line(["cat", "--", str(path)])))
+    items += secret_sections(d)
     for service in d.built_services:
         items.append((f"image {service.image}", _image_id(service.image)))
         items.append((f"rollback {service.image}", _image_id(service.rollback_image)))
@@ -140,6 +119,40 @@ def sections(deployment: Deployment, files: list[str]) -> list[tuple[str, str]]:
     if files:
         items.append(("hashes", line(["sha256sum", "--", *files])))
     return items
+
+
+def secret_sections(d: Deployment) -> list[tuple[str, str]]:
+    """The env file and Docker secret files, read for their key names, to mask their
+    values in any output and to check the env file's syntax; nothing of them is printed."""
+    items = []
+    if any(s.env_file for s in d.services):
+        items.append(("envfile", line(["cat", "--", str(d.env_file)])))
+    for name, path in sorted(d.secret_files.items()):
+        items.append((f"secretfile {name}", line(["cat", "--", str(path)])))
+    return items
+
+
+def secret_texts(raw: dict[str, tuple[int, str]]) -> tuple[str | None, list[str]]:
+    """(the env file's text or None, the secret files' contents) from ``secret_sections``."""
+    rc, env_text = raw.get("envfile", (1, ""))
+    files = [
+        out
+        for label, (rc_, out) in raw.items()
+        if label.startswith("secretfile ") and rc_ == 0 and out
+    ]
+    return (env_text if rc == 0 else None), files
+
+
+def host_sections(host: Host) -> list[tuple[str, str]]:
+    """Does the shared network exist; does the proxy run (labels "network", "proxy")."""
+    inspect = ["docker", "container", "inspect", "--format", "{{.State.Running}}"]
+    return [
+        (
+            "network",
+            line(["docker", "network", "inspect", "--format", "{{.Name}}", host.shared_network]),
+        ),
+        ("proxy", line([*inspect, host.proxy_container])),
+    ]
 
 
 def _image_id(image: str) -> str:
@@ -202,17 +215,12 @@ def interpret(raw: dict[str, tuple[int, str]], deployment: Deployment) -> Facts:
     facts.current_commit = _commit(ok("current"))
     facts.rollback_commit = _commit(ok("rollbackref"))
     facts.ops_free_mb = _free_mb(ok("opsdisk"))
-    facts.env_text = raw["envfile"][1] if raw.get("envfile", (1, ""))[0] == 0 else None
-    facts.secret_values = [
-        out
-        for label, (rc, out) in raw.items()
-        if label.startswith("secretfile ") and rc == 0 and out
-    ]
+    facts.env_text, facts.secret_values = secret_texts(raw)
     facts.proxy_running = (ok("proxy") or "") == "true"
-    keys = raw.get("secrets")
-    if keys is not None:
-        facts.env_file_present = keys[0] == 0
-        facts.secret_keys = sorted(set(keys[1].split())) if keys[0] == 0 else []
+    if facts.env_text is not None:
+        facts.env_file_present = True
+        parsed = dotenv_values(stream=io.StringIO(facts.env_text), interpolate=False)
+        facts.secret_keys = sorted(parsed)
     for service in deployment.built_services:
         facts.images[service.image] = ok(f"image {service.image}")
         facts.rollback_images[service.image] = ok(f"rollback {service.image}")

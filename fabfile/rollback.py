@@ -18,9 +18,9 @@ from .deploy import (
     _short,
     lock_error,
     mask_secrets,
-    nginx_reload_actions,
     plan_lock,
     plan_record,
+    reload_nginx,
     take_lock,
 )
 from .errors import OpsfabError
@@ -94,13 +94,10 @@ def rollback(
                     ["docker", "image", "rm", swap],
                 )
             )
-        reload = nginx_reload_actions(run)
-        if reload[0].enabled and not target.run(reload[0].line, check=False).ok:
+        if reload_nginx(run) is not None:  # keep serving the configs nginx accepts
             target.run(configs.swap_line(run.conf_paths))
-        elif reload[1].enabled:
-            target.run(reload[1].line)
         target.run(line([*d.compose, "up", "-d", "--no-build", "--remove-orphans"]))
-        states = health.wait(target, d, out, facts.containers)
+        states = health.wait(target, d, facts.containers)
         head = target.run(line(["git", "-C", repo, "rev-parse", "HEAD"])).stdout.strip()
         run.new_head = head
         result = "ok"

@@ -308,12 +308,12 @@ def check_names(app: str, env: str, inventory: Inventory) -> Deployment:
 def mask_host_secrets(target: Target, d: Deployment) -> None:
     """Read the deployment's env file and secret files on the host (one round trip),
     only so that their values are masked in whatever the target returns from now on."""
-    items = [("env", line(["cat", "--", str(d.env_file)]))]
-    items += [
-        (f"file {name}", line(["cat", "--", str(path)])) for name, path in d.secret_files.items()
-    ]
-    raw = probe.parse(target.run(probe.script(items), check=False).stdout)
-    rc, text = raw.get("env", (1, ""))
-    if rc == 0:
-        target.add_secrets(parse_host_env(text).values())
-    target.add_secrets(out for label, (rc, out) in raw.items() if label != "env" and rc == 0)
+    raw = probe.parse(target.run(probe.script(probe.secret_sections(d)), check=False).stdout)
+    mask_values(target, *probe.secret_texts(raw))
+
+
+def mask_values(target: Target, env_text: str | None, files: list[str]) -> None:
+    """From now on these values never reach any output of ``target``."""
+    if env_text is not None:
+        target.add_secrets(parse_host_env(env_text).values())
+    target.add_secrets(files)
